@@ -1,0 +1,31 @@
+"""Tasks: the tutorial's ``add``, and the probes the fleet's tests and deploys rely on."""
+
+import socket
+import time
+
+from fleetapp import __version__
+from fleetapp.celery import app
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def hostname():
+    """Name of the host whose worker ran this task: proves where a task was executed."""
+    return socket.gethostname()
+
+
+@app.task
+def version():
+    """Version of the app the worker runs: proves which release a host serves."""
+    return __version__
+
+
+@app.task
+def sleep(seconds, token=None):
+    """Hold a worker for ``seconds``; ``token`` comes back so callers can match results."""
+    time.sleep(seconds)
+    return token

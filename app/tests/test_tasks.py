@@ -1,0 +1,27 @@
+import os
+import socket
+import subprocess
+import sys
+
+from fleetapp import __version__, app
+from fleetapp.tasks import add, hostname, sleep, version
+
+
+def test_app_reads_its_settings_from_the_environment():
+    # A fresh interpreter, as a worker starts: the module-level app must apply the environment.
+    env = dict(os.environ, CELERY_TASK_ACKS_LATE="true", CELERY_WORKER_PREFETCH_MULTIPLIER="3")
+    code = "from fleetapp import app; print(app.conf.task_acks_late, app.conf.worker_prefetch_multiplier)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    assert out.stdout.split() == ["True", "3"]
+
+
+def test_tasks_run_eagerly():
+    assert add.apply(args=(4, 4)).get() == 8
+    assert hostname.apply().get() == socket.gethostname()
+    assert version.apply().get() == __version__
+    assert sleep.apply(args=(0, "token-1")).get() == "token-1"
+
+
+def test_tasks_are_registered_under_their_module_names():
+    app.loader.import_default_modules()
+    assert {"fleetapp.tasks.add", "fleetapp.tasks.hostname", "fleetapp.tasks.version", "fleetapp.tasks.sleep"} <= set(app.tasks)
