@@ -51,6 +51,7 @@ syntax: setup
 
 unit: setup
 	cd app && python -m pytest -q
+	python -m pytest -q tests
 
 molecule: setup
 	for scenario in $(SCENARIOS); do molecule test --scenario-name "$$scenario"; done

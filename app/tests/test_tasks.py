@@ -3,13 +3,15 @@ import socket
 import subprocess
 import sys
 
+import fleetapp
 from fleetapp import __version__, app
 from fleetapp.tasks import add, hostname, sleep, version
 
 
 def test_app_reads_its_settings_from_the_environment():
     # A fresh interpreter, as a worker starts: the module-level app must apply the environment.
-    env = dict(os.environ, CELERY_TASK_ACKS_LATE="true", CELERY_WORKER_PREFETCH_MULTIPLIER="3")
+    src = os.path.dirname(os.path.dirname(fleetapp.__file__))
+    env = dict(os.environ, PYTHONPATH=src, CELERY_TASK_ACKS_LATE="true", CELERY_WORKER_PREFETCH_MULTIPLIER="3")
     code = "from fleetapp import app; print(app.conf.task_acks_late, app.conf.worker_prefetch_multiplier)"
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     assert out.stdout.split() == ["True", "3"]
