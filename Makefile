@@ -7,6 +7,12 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # The scenarios `make test` runs; each is a directory of molecule/.
 SCENARIOS := redis-supervisor
+# The lab's broker and process manager (inventory/lab reads them from the environment):
+#   make demo BROKER=rabbitmq PM=systemd
+BROKER ?= redis
+PM ?= supervisor
+export FLEET_BROKER := $(BROKER)
+export FLEET_PROCESS_MANAGER := $(PM)
 
 .PHONY: setup lab lab-down demo client-env test lint syntax unit molecule clean
 

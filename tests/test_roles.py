@@ -8,7 +8,7 @@ import yaml
 
 ROLES = sorted(p for p in (Path(__file__).parent.parent / "roles").iterdir() if p.is_dir())
 # Required inputs have no default on purpose; they must still be in the spec and README.
-REQUIRED = {"celery_broker_password", "redis_password"}
+REQUIRED = {"celery_broker_password", "redis_password", "rabbitmq_erlang_cookie"}
 
 
 def load(path):

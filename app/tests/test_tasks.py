@@ -1,3 +1,4 @@
+import json
 import os
 import socket
 import subprocess
@@ -5,7 +6,7 @@ import sys
 
 import fleetapp
 from fleetapp import __version__, app
-from fleetapp.tasks import add, hostname, sleep, version
+from fleetapp.tasks import add, heartbeat, hostname, sleep, version
 
 
 def test_app_reads_its_settings_from_the_environment():
@@ -24,6 +25,17 @@ def test_tasks_run_eagerly():
     assert sleep.apply(args=(0, "token-1")).get() == "token-1"
 
 
+def test_heartbeat_records_host_and_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    record = heartbeat.apply().get()
+    assert record["host"] == socket.gethostname()
+    assert json.loads((tmp_path / "fleetapp-heartbeat.json").read_text()) == record
+
+
+def test_beat_schedules_the_heartbeat():
+    assert app.conf.beat_schedule["heartbeat"]["task"] == "fleetapp.tasks.heartbeat"
+
+
 def test_tasks_are_registered_under_their_module_names():
     app.loader.import_default_modules()
-    assert {"fleetapp.tasks.add", "fleetapp.tasks.hostname", "fleetapp.tasks.version", "fleetapp.tasks.sleep"} <= set(app.tasks)
+    assert {"fleetapp.tasks.add", "fleetapp.tasks.hostname", "fleetapp.tasks.version", "fleetapp.tasks.sleep", "fleetapp.tasks.heartbeat"} <= set(app.tasks)

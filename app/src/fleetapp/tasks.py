@@ -1,7 +1,9 @@
 """Tasks: the tutorial's ``add``, and the probes the fleet's tests and deploys rely on."""
 
+import json
 import socket
 import time
+from pathlib import Path
 
 from fleetapp import __version__
 from fleetapp.celery import app
@@ -29,3 +31,14 @@ def sleep(seconds, token=None):
     """Hold a worker for ``seconds``; ``token`` comes back so callers can match results."""
     time.sleep(seconds)
     return token
+
+
+@app.task(ignore_result=True)
+def heartbeat():
+    """Sent by beat on its schedule: records on the worker's host when and where it last ran."""
+    record = {"host": socket.gethostname(), "at": time.time()}
+    path = Path.home() / "fleetapp-heartbeat.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+    return record

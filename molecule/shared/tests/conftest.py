@@ -1,8 +1,15 @@
-"""Hosts of the scenario under test, by inventory group, and helpers shared by every scenario."""
+"""Hosts of the scenario under test, by inventory group, and helpers shared by every scenario.
 
+The scenario's broker and process manager come from its molecule.yml (provisioner env
+FLEET_BROKER and FLEET_PROCESS_MANAGER, which the lab inventory also reads), so one set of
+tests checks every combination.
+"""
+
+import json
 import os
 import re
 import shlex
+import time
 
 import pytest
 import testinfra
@@ -11,11 +18,16 @@ import testinfra.utils.ansible_runner
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
 
-# The bundle's defaults for the demo app (roles/celery_app/defaults/main.yml).
+BROKER = os.environ.get("FLEET_BROKER", "redis")
+PM = os.environ.get("FLEET_PROCESS_MANAGER", "supervisor")
+
+# The bundle's defaults for the demo app (roles/celery_app/defaults/main.yml) and the lab's
+# worker groups (inventory/lab/group_vars/workers/main.yml).
 APP = "fleetapp"
 RUN = f"/opt/{APP}/bin/run"
 ENV_FILE = f"/etc/celery-fleet/{APP}.env"
-PROGRAM_PREFIX = f"celery-{APP}-"
+NAME_PREFIX = f"celery-{APP}"
+WORKER_GROUPS = {"default": "celery", "long": "long"}
 
 
 def host(name):
@@ -28,7 +40,9 @@ def group(name):
 
 @pytest.fixture(scope="session")
 def brokers():
-    return group("brokers")
+    found = group("brokers")
+    assert found, "the scenario has no broker host"
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -46,12 +60,19 @@ def clients():
 
 
 @pytest.fixture(scope="session")
-def broker_password(workers):
-    """The password the workers use, read from a worker's environment file."""
-    env = workers[0].check_output(f"cat {ENV_FILE}")
-    match = re.search(r"^CELERY_BROKER_URL='redis://:([^@]+)@", env, re.M)
-    assert match, "no Redis broker URL in the environment file"
-    return match.group(1)
+def beat_hosts():
+    return group("beat")
+
+
+def env_settings(h):
+    """The CELERY_* variables of the app's environment file on host h."""
+    text = h.check_output(f"cat {ENV_FILE}")
+    return dict(re.findall(r"^(CELERY_[A-Z_]+)='([^']*)'$", text, re.M))
+
+
+@pytest.fixture(scope="session")
+def settings(workers):
+    return env_settings(workers[0])
 
 
 def private_address(h):
@@ -59,6 +80,78 @@ def private_address(h):
     return h.check_output("ip -4 -o route get 1.1.1.1 | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'")
 
 
+def hostname(h):
+    return h.check_output("hostname")
+
+
 def run_python(h, code, timeout=60):
     """Run Python in the app's current release, with its environment, on host h."""
     return h.check_output(f"timeout {timeout} {RUN} python -c {shlex.quote(code)}")
+
+
+def listening(h, port):
+    """Addresses host h listens on for TCP port `port`."""
+    entries = h.check_output(f"ss -Hltn 'sport = :{port}' | awk '{{print $4}}'").split()
+    return {entry.rsplit(":", 1)[0] for entry in entries}
+
+
+# --- The app's processes under either process manager --------------------------------------------
+
+def processes(h):
+    """The app's processes on host h: {instance: (state, main PID)}, e.g. worker-default, beat."""
+    found = {}
+    if PM == "supervisor":
+        for line in h.check_output("supervisorctl status || true").splitlines():
+            fields = line.split()
+            if fields and fields[0].startswith(NAME_PREFIX + "-"):
+                pid = int(fields[3].rstrip(",")) if fields[1] == "RUNNING" else 0
+                found[fields[0][len(NAME_PREFIX) + 1:]] = (fields[1], pid)
+    else:
+        units = h.check_output(f"systemctl list-units --all --plain --no-legend '{NAME_PREFIX}@*.service'")
+        for unit in (line.split()[0] for line in units.splitlines() if line.strip()):
+            show = dict(
+                line.split("=", 1)
+                for line in h.check_output(f"systemctl show -p ActiveState -p MainPID {unit}").splitlines()
+            )
+            state = "RUNNING" if show["ActiveState"] == "active" else show["ActiveState"].upper()
+            found[unit[len(NAME_PREFIX) + 1:-len(".service")]] = (state, int(show["MainPID"]))
+    return found
+
+
+def stop_process(h, instance):
+    """Stop one of the app's processes the way its manager does; returns the command's result."""
+    if PM == "supervisor":
+        return h.run(f"supervisorctl stop {NAME_PREFIX}-{instance}")
+    return h.run(f"systemctl stop {NAME_PREFIX}@{instance}.service")
+
+
+def start_process(h, instance):
+    if PM == "supervisor":
+        return h.run(f"supervisorctl start {NAME_PREFIX}-{instance}")
+    return h.run(f"systemctl start {NAME_PREFIX}@{instance}.service")
+
+
+def celery_main_processes(h, kind):
+    """PIDs of Celery main processes of `kind` (worker or beat) on h, whatever started them."""
+    table = h.check_output("ps -eo pid=,ppid=,args=")
+    rows = [line.split(None, 2) for line in table.splitlines()]
+    matching = {int(pid): int(ppid) for pid, ppid, args in rows if re.search(rf"/celery --app=\S+ {kind}\b", args)}
+    # Pool children are forks of their main process: same command line, parent among the matches.
+    return sorted(pid for pid, ppid in matching.items() if ppid not in matching)
+
+
+def wait_until(check, timeout, interval=1.0):
+    """Call check() until it returns a true value or `timeout` seconds pass; return the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def inspect(h, command, destination=None, timeout=5):
+    """`celery inspect COMMAND --json` on host h; the parsed replies ({} when none answered)."""
+    where = f" --destination={destination}" if destination else ""
+    result = h.run(f"{RUN} celery --app={APP} inspect {command} --json --timeout={timeout}{where}")
+    return json.loads(result.stdout) if result.rc == 0 and result.stdout.strip() else {}

@@ -1,44 +1,99 @@
-"""Behaviour of a converged fleet: broker security, the workers, and a real task round trip."""
+"""Behaviour of a converged fleet: broker security, the workers and beat, real task round trips."""
 
 import json
+import os
+import re
 import shlex
+import time
 import uuid
+from urllib.parse import urlsplit
 
-from conftest import ENV_FILE, PROGRAM_PREFIX, RUN, private_address, run_python
+from conftest import (
+    APP,
+    BROKER,
+    ENV_FILE,
+    NAME_PREFIX,
+    PM,
+    RUN,
+    WORKER_GROUPS,
+    celery_main_processes,
+    hostname,
+    inspect,
+    listening,
+    private_address,
+    processes,
+    run_python,
+    start_process,
+    stop_process,
+    wait_until,
+)
 
 
 # --- The broker ---------------------------------------------------------------------------------
+
+def uses_redis(settings):
+    return any(settings.get(k, "").startswith("redis") for k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"))
+
 
 def redis_cli(h, address, stdin):
     return h.run(f"printf {shlex.quote(stdin)} | redis-cli -h {address} -p 6379")
 
 
-def test_redis_refuses_clients_without_the_password(brokers, broker_password):
+def amqp_login(h, url):
+    """Try to log in to RabbitMQ with `url` from host h; returns 'ok' or the error's class name."""
+    return run_python(h, (
+        "from kombu import Connection\n"
+        f"c = Connection({url!r}, connect_timeout=5)\n"
+        "try:\n    c.connect(); print('ok')\n"
+        "except Exception as e:\n    print(type(e).__name__)\n"
+        "finally:\n    c.release()"
+    )).strip()
+
+
+def test_the_scenario_runs_the_broker_it_names(settings):
+    scheme = urlsplit(settings["CELERY_BROKER_URL"]).scheme
+    assert scheme == {"redis": "redis", "rabbitmq": "amqp"}[BROKER], settings["CELERY_BROKER_URL"].split("@")[-1]
+
+
+def test_redis_refuses_clients_without_the_password(brokers, settings):
+    if not uses_redis(settings):
+        assert all(listening(b, 6379) == set() for b in brokers), "Redis runs but nothing uses it"
+        return
+    password = urlsplit(settings["CELERY_RESULT_BACKEND" if BROKER == "rabbitmq" else "CELERY_BROKER_URL"]).password
     for broker in brokers:
         address = private_address(broker)
         anonymous = redis_cli(broker, address, "PING\n")
         assert "NOAUTH" in anonymous.stdout, anonymous.stdout
         wrong = redis_cli(broker, address, "AUTH not-the-password-at-all\nPING\n")
         assert "WRONGPASS" in wrong.stdout and "PONG" not in wrong.stdout, wrong.stdout
-        right = redis_cli(broker, address, f"AUTH {broker_password}\nPING\n")
+        right = redis_cli(broker, address, f"AUTH {password}\nPING\n")
         assert right.stdout.split() == ["OK", "PONG"], right.stdout
-
-
-def test_redis_listens_only_on_loopback_and_its_private_address(brokers):
-    for broker in brokers:
-        listening = broker.check_output("ss -Hltn 'sport = :6379' | awk '{print $4}'").split()
-        addresses = {entry.rsplit(":", 1)[0] for entry in listening}
-        assert addresses == {"127.0.0.1", private_address(broker)}, listening
-
-
-def test_redis_is_configured_never_to_lose_queued_tasks(brokers, broker_password):
-    for broker in brokers:
+        assert listening(broker, 6379) == {"127.0.0.1", address}
         asked = redis_cli(broker, "127.0.0.1",
-                          f"AUTH {broker_password}\nCONFIG GET maxmemory-policy\nCONFIG GET appendonly\nCONFIG GET appendfsync\n")
+                          f"AUTH {password}\nCONFIG GET maxmemory-policy\nCONFIG GET appendonly\nCONFIG GET appendfsync\n")
         assert asked.stdout.split()[1:] == ["maxmemory-policy", "noeviction", "appendonly", "yes", "appendfsync", "everysec"]
 
 
-# --- The app and its workers ---------------------------------------------------------------------
+def test_rabbitmq_refuses_guest_and_wrong_passwords(brokers, settings):
+    if BROKER != "rabbitmq":
+        assert all(listening(b, 5672) == set() for b in brokers), "RabbitMQ runs though Redis is the broker"
+        return
+    url = urlsplit(settings["CELERY_BROKER_URL"])
+    for broker in brokers:
+        address = private_address(broker)
+        assert listening(broker, 5672) == {"127.0.0.1", address}
+        # guest is refused even from loopback, where RabbitMQ's own default would let it in.
+        for target in ("127.0.0.1", address):
+            assert amqp_login(broker, f"amqp://guest:guest@{target}:5672//") == "AccessRefused"
+        assert amqp_login(broker, f"amqp://{url.username}:not-the-password@{address}:5672{url.path}") == "AccessRefused"
+        assert amqp_login(broker, f"amqp://{url.username}:{url.password}@{address}:5672{url.path}") == "ok"
+        users = broker.check_output("rabbitmqctl list_users --silent --formatter json")
+        assert [u["user"] for u in json.loads(users)] == [url.username]
+        timeout = broker.check_output("rabbitmqctl eval 'application:get_env(rabbit, consumer_timeout).'")
+        assert timeout.strip() == "{ok,7200000}", timeout
+
+
+# --- The app's environment ----------------------------------------------------------------------
 
 def test_environment_file_is_readable_by_root_and_celery_only(workers):
     for worker in workers:
@@ -49,44 +104,80 @@ def test_environment_file_is_readable_by_root_and_celery_only(workers):
         assert denied.rc != 0 and "Permission denied" in denied.stderr
 
 
-def worker_programs(worker):
-    status = worker.check_output("supervisorctl status")
-    return {line.split()[0]: line.split() for line in status.splitlines() if line.startswith(PROGRAM_PREFIX)}
+def test_the_environment_carries_the_production_settings(settings):
+    assert settings["CELERY_TASK_ACKS_LATE"] == "true"
+    assert settings["CELERY_TASK_REJECT_ON_WORKER_LOST"] == "true"
+    assert settings["CELERY_WORKER_PREFETCH_MULTIPLIER"] == "1"
+    transport = json.loads(settings["CELERY_BROKER_TRANSPORT_OPTIONS"])
+    if BROKER == "redis":
+        assert transport["visibility_timeout"] > int(settings["CELERY_TASK_TIME_LIMIT"])
+    else:
+        assert transport["confirm_publish"] is True
 
 
-def test_worker_programs_run_as_celery_with_their_pool(workers):
+# --- The workers and beat -----------------------------------------------------------------------
+
+def test_every_process_runs_as_celery_under_the_chosen_manager(workers, beat_hosts):
+    beat_names = {hostname(h) for h in beat_hosts}
     for worker in workers:
-        programs = worker_programs(worker)
-        assert programs, "no worker program under supervisor"
-        for name, fields in programs.items():
-            assert fields[1] == "RUNNING", fields
-            pid = fields[3].rstrip(",")
+        found = processes(worker)
+        expected = {f"worker-{g}" for g in WORKER_GROUPS} | ({"beat"} if hostname(worker) in beat_names else set())
+        assert set(found) == expected, found
+        for instance, (state, pid) in found.items():
+            assert state == "RUNNING" and pid > 0, (instance, state)
             assert worker.check_output(f"ps -o user= -p {pid}").strip() == "celery"
-            children = worker.check_output(f"ps -o user= --ppid {pid}").split()
-            assert children and set(children) == {"celery"}, f"{name}: pool processes {children}"
-            assert "celery" in worker.check_output(f"ps -o args= -p {pid}")
+            if instance.startswith("worker-"):
+                children = worker.check_output(f"ps -o user= --ppid {pid}").split()
+                assert children and set(children) == {"celery"}, f"{instance}: pool processes {children}"
+
+
+def test_exactly_one_set_of_workers_runs(workers, beat_hosts):
+    """One Celery main process per worker group (and one beat), whatever started it: none orphaned."""
+    beat_names = {hostname(h) for h in beat_hosts}
+    for worker in workers:
+        mains = celery_main_processes(worker, "worker")
+        managed = {pid for instance, (_, pid) in processes(worker).items() if instance.startswith("worker-")}
+        assert set(mains) == managed and len(mains) == len(WORKER_GROUPS), (mains, managed)
+        assert len(celery_main_processes(worker, "beat")) == (1 if hostname(worker) in beat_names else 0)
+
+
+def test_beat_runs_on_exactly_one_host(beat_hosts, workers, brokers):
+    assert len(beat_hosts) == 1
+    everyone = {hostname(h): h for h in workers + brokers}
+    running = [name for name, h in everyone.items() if celery_main_processes(h, "beat")]
+    assert running == [hostname(beat_hosts[0])]
 
 
 def test_every_worker_node_answers_inspect_ping(workers):
     for worker in workers:
-        node = f"default@{worker.backend.host}"
-        out = worker.check_output(f"{RUN} celery --app=fleetapp inspect ping --timeout=5 --json --destination={node}")
-        assert json.loads(out) == {node: {"ok": "pong"}}
+        for group_name in WORKER_GROUPS:
+            node = f"{group_name}@{worker.backend.host}"
+            assert inspect(worker, "ping", destination=node) == {node: {"ok": "pong"}}
 
 
-def test_a_task_sent_from_a_client_runs_on_a_worker_host(clients, workers):
-    worker_hosts = {w.check_output("hostname") for w in workers}
+def test_each_worker_group_consumes_its_own_queue(workers):
+    for worker in workers:
+        for group_name, queue in WORKER_GROUPS.items():
+            node = f"{group_name}@{worker.backend.host}"
+            queues = inspect(worker, "active_queues", destination=node)[node]
+            assert [q["name"] for q in queues] == [queue]
+
+
+def test_a_task_sent_to_each_queue_runs_on_that_group(clients, workers):
+    worker_hosts = {hostname(w) for w in workers}
     for client in clients:
-        out = run_python(client, (
-            "import json; from fleetapp.tasks import add, hostname\n"
-            "r = add.delay(4, 4); value = r.get(timeout=30)\n"
-            "h = hostname.delay().get(timeout=30)\n"
-            "print(json.dumps({'value': value, 'node': r.worker, 'host': h}))"
-        ))
-        result = json.loads(out)
-        assert result["value"] == 8
-        assert result["host"] in worker_hosts and result["host"] != client.check_output("hostname")
-        assert result["node"] == f"default@{result['host']}"
+        for group_name, queue in WORKER_GROUPS.items():
+            out = run_python(client, (
+                "import json; from fleetapp.tasks import add, hostname\n"
+                f"r = add.apply_async((4, 4), queue={queue!r}); value = r.get(timeout=30)\n"
+                f"h = hostname.apply_async(queue={queue!r}); host = h.get(timeout=30)\n"
+                "print(json.dumps({'value': value, 'node': r.worker, 'host': host, 'host_node': h.worker}))"
+            ))
+            result = json.loads(out)
+            assert result["value"] == 8
+            assert result["host"] in worker_hosts and result["host"] != hostname(client)
+            assert result["host_node"] == f"{group_name}@{result['host']}"
+            assert result["node"].split("@")[0] == group_name
 
 
 def test_the_client_module_prints_the_tutorial_result(clients):
@@ -94,26 +185,102 @@ def test_the_client_module_prints_the_tutorial_result(clients):
     assert out.startswith("add(4, 4) = 8 "), out
 
 
+def test_beats_periodic_task_runs_on_a_worker(workers):
+    """Beat sends fleetapp.tasks.heartbeat every 10 s; a worker records when and where it ran it."""
+    worker_hosts = {hostname(w) for w in workers}
+
+    def latest():
+        records = []
+        for worker in workers:
+            raw = worker.run("cat /var/lib/celery/fleetapp-heartbeat.json")
+            if raw.rc == 0:
+                records.append(json.loads(raw.stdout))
+        return max(records, key=lambda r: r["at"]) if records else None
+
+    first = wait_until(latest, timeout=25)
+    assert first, "no worker ever ran beat's heartbeat"
+    assert first["host"] in worker_hosts
+    # A fresh run after this moment proves beat is sending now, not at some earlier converge.
+    since = time.time()
+    fresh = wait_until(lambda: (r := latest()) and r["at"] > since and r, timeout=25)
+    assert fresh, f"no heartbeat ran in the 25 s after {since}; last: {latest()}"
+
+
 def test_a_stop_is_warm_and_lets_the_running_task_finish(clients, workers):
-    """supervisorctl stop must let a running task finish (SIGTERM to the main process only)."""
-    worker, client = workers[0], clients[0]
-    program = f"{PROGRAM_PREFIX}default"
+    """A stop by the process manager lets a running task finish (SIGTERM to the main process only).
+
+    The client waits for the result in the background, so this works with the rpc result backend,
+    where only the sender can read a result.
+    """
+    client = clients[0]
     token = uuid.uuid4().hex
-    task_id = run_python(client, f"from fleetapp.tasks import sleep; print(sleep.delay(6, {token!r}).id)")
-    # Wait until the worker is running it, then stop the worker while the task still runs.
-    wait = (
-        f"for i in $(seq 1 40); do {RUN} celery --app=fleetapp inspect active --json --timeout=2 "
-        f"| grep -q {task_id} && exit 0; sleep 0.25; done; exit 1"
-    )
-    assert worker.run(wait).rc == 0, "the task never started"
+    out_file = f"/tmp/warm-stop-{token}"
+    code = "\n".join([
+        "import json; from fleetapp.tasks import sleep",
+        f"r = sleep.apply_async((6, {token!r}), queue='celery'); print(r.id, flush=True)",
+        "print(json.dumps([r.get(timeout=80), r.worker]), flush=True)",
+    ])
+    client.run(f"nohup timeout 90 {RUN} python -c {shlex.quote(code)} > {out_file} 2>&1 &")
+
+    def worker_running_it():
+        sent = client.run(f"head -n 1 {out_file}").stdout.strip()
+        for worker in workers:
+            node = f"default@{worker.backend.host}"
+            if sent and any(t["id"] == sent for t in inspect(worker, "active", destination=node, timeout=2).get(node, [])):
+                return worker
+        return None
+
+    worker = wait_until(worker_running_it, timeout=20, interval=0.25)
+    assert worker, client.run(f"cat {out_file}").stdout
     try:
-        stopped = worker.run(f"supervisorctl stop {program}")
-        assert "stopped" in stopped.stdout, stopped.stdout
-        # No worker is running now: the result exists only if the task finished during the stop.
-        out = run_python(client, (
-            "from celery.result import AsyncResult; from fleetapp import app\n"
-            f"r = AsyncResult({task_id!r}, app=app); print(r.state, r.get(timeout=5))"
-        ))
-        assert out.split() == ["SUCCESS", token]
+        stopped = stop_process(worker, "worker-default")
+        assert stopped.rc == 0, stopped.stderr
+        assert processes(worker)["worker-default"][0] != "RUNNING"
+        # That worker is stopped now: the result came during the stop, from the task it ran.
+        line = wait_until(lambda: client.run(f"sed -n 2p {out_file}").stdout.strip(), timeout=15)
+        assert json.loads(line) == [token, f"default@{worker.backend.host}"], client.run(f"cat {out_file}").stdout
     finally:
-        worker.run(f"supervisorctl start {program}")
+        start_process(worker, "worker-default")
+
+
+if PM == "systemd":
+    def test_the_worker_units_are_hardened(workers):
+        """systemd-analyze rates each unit's exposure; Celery's own example unit scores 9.2."""
+        for worker in workers:
+            for instance in processes(worker):
+                out = worker.check_output(f"systemd-analyze security --no-pager {NAME_PREFIX}@{instance}.service")
+                score = float(out.strip().splitlines()[-1].split(":")[1].split()[0])
+                assert score <= 1.5, out.splitlines()[-1]
+
+    def test_the_worker_units_stop_warm_and_wait_long_enough(workers, settings):
+        limit = int(settings["CELERY_TASK_TIME_LIMIT"]) + int(settings["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"])
+        for worker in workers:
+            show = worker.check_output(
+                f"systemctl show -p KillMode -p KillSignal -p TimeoutStopUSec -p Restart -p User {NAME_PREFIX}@worker-default.service"
+            )
+            props = dict(line.split("=", 1) for line in show.splitlines())
+            assert props["KillMode"] == "mixed" and props["KillSignal"] == "15", props
+            assert props["Restart"] == "always" and props["User"] == "celery", props
+            units = {"h": 3600, "min": 60, "s": 1, "ms": 0.001}
+            total = sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(h|min|ms|s)", props["TimeoutStopUSec"]))
+            assert total > limit, props["TimeoutStopUSec"]
+
+
+SWITCHED_FROM = os.environ.get("FLEET_SWITCHED_FROM")
+
+if SWITCHED_FROM:
+    def test_the_switch_left_nothing_under_the_other_manager(workers):
+        """The prepare step ran the workers under the other manager; the converge moved them."""
+        for worker in workers:
+            if SWITCHED_FROM == "supervisor":
+                # supervisor is still installed (proof the prepare step ran) but runs none of ours.
+                assert worker.package("supervisor").is_installed
+                status = worker.run("supervisorctl status")
+                assert status.rc in (0, 3) and NAME_PREFIX not in status.stdout, status.stdout
+                assert not worker.run(f"ls /etc/supervisor/conf.d/ | grep {NAME_PREFIX}").stdout
+            else:
+                # The journal remembers the units that ran (proof the prepare step ran); none is left.
+                assert worker.run(f"journalctl --no-pager -q -u '{NAME_PREFIX}@*' | head -n 1").stdout
+                units = worker.check_output(f"systemctl list-units --all --plain --no-legend '{NAME_PREFIX}@*'")
+                assert units.strip() == "", units
+                assert not worker.file(f"/etc/systemd/system/{NAME_PREFIX}@.service").exists
