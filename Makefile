@@ -6,13 +6,15 @@ VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # The scenarios `make test` runs; each is a directory of molecule/.
-SCENARIOS := redis-supervisor
-# The lab's broker and process manager (inventory/lab reads them from the environment):
-#   make demo BROKER=rabbitmq PM=systemd
+SCENARIOS := redis-supervisor redis-systemd rabbitmq-supervisor rabbitmq-systemd
+# The lab's broker, process manager and (optional) result backend; inventory/lab reads them
+# from the environment:  make demo BROKER=rabbitmq PM=systemd [RESULTS=redis]
 BROKER ?= redis
 PM ?= supervisor
+RESULTS ?=
 export FLEET_BROKER := $(BROKER)
 export FLEET_PROCESS_MANAGER := $(PM)
+export FLEET_RESULT_BACKEND := $(RESULTS)
 
 .PHONY: setup lab lab-down demo client-env test lint syntax unit molecule clean
 
