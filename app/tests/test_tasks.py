@@ -6,7 +6,7 @@ import sys
 
 import fleetapp
 from fleetapp import __version__, app
-from fleetapp.tasks import add, heartbeat, hostname, sleep, version
+from fleetapp.tasks import add, heartbeat, hostname, sleep, tracked, version
 
 
 def test_app_reads_its_settings_from_the_environment():
@@ -32,10 +32,19 @@ def test_heartbeat_records_host_and_time(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "fleetapp-heartbeat.json").read_text()) == record
 
 
+def test_tracked_logs_every_completed_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    first = tracked.apply(args=(0, "t-1"), task_id="id-1")
+    second = tracked.apply(args=(0, "t-2"), task_id="id-2")
+    assert (first.get(), second.get()) == ("t-1", "t-2")
+    lines = (tmp_path / "fleetapp-executions.log").read_text().splitlines()
+    assert lines == [f"id-1 {socket.gethostname()}", f"id-2 {socket.gethostname()}"]
+
+
 def test_beat_schedules_the_heartbeat():
     assert app.conf.beat_schedule["heartbeat"]["task"] == "fleetapp.tasks.heartbeat"
 
 
 def test_tasks_are_registered_under_their_module_names():
     app.loader.import_default_modules()
-    assert {"fleetapp.tasks.add", "fleetapp.tasks.hostname", "fleetapp.tasks.version", "fleetapp.tasks.sleep", "fleetapp.tasks.heartbeat"} <= set(app.tasks)
+    assert {"fleetapp.tasks.add", "fleetapp.tasks.hostname", "fleetapp.tasks.version", "fleetapp.tasks.sleep", "fleetapp.tasks.heartbeat", "fleetapp.tasks.tracked"} <= set(app.tasks)

@@ -42,3 +42,15 @@ def heartbeat():
     tmp.write_text(json.dumps(record))
     tmp.replace(path)
     return record
+
+
+@app.task(bind=True)
+def tracked(self, seconds, token=None):
+    """Like ``sleep``, and logs each completed run on the worker's host (its id and the host),
+    so a load test can count how many times every task ran, across all workers."""
+    time.sleep(seconds)
+    line = f"{self.request.id} {socket.gethostname()}\n"
+    # One short O_APPEND write per run: lines from concurrent pool processes never interleave.
+    with open(Path.home() / "fleetapp-executions.log", "a", encoding="ascii") as log:
+        log.write(line)
+    return token

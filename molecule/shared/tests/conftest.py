@@ -131,10 +131,13 @@ def start_process(h, instance):
     return h.run(f"systemctl start {NAME_PREFIX}@{instance}.service")
 
 
-def celery_main_processes(h, kind):
-    """PIDs of Celery main processes of `kind` (worker or beat) on h, whatever started them."""
-    table = h.check_output("ps -eo pid=,ppid=,args=")
-    rows = [line.split(None, 2) for line in table.splitlines()]
+def celery_main_processes(h, kind, table=None):
+    """PIDs of Celery main processes of `kind` (worker or beat) on h, whatever started them.
+
+    `table` is a saved `ps -eo pid=,ppid=,args=` of h; by default h's process table now.
+    """
+    table = h.check_output("ps -eo pid=,ppid=,args=") if table is None else table
+    rows = [line.split(None, 2) for line in table.splitlines() if line.strip()]
     matching = {int(pid): int(ppid) for pid, ppid, args in rows if re.search(rf"/celery --app=\S+ {kind}\b", args)}
     # Pool children are forks of their main process: same command line, parent among the matches.
     return sorted(pid for pid, ppid in matching.items() if ppid not in matching)

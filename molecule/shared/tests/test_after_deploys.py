@@ -1,0 +1,44 @@
+"""Deploys and rollbacks across the fleet (scenario `fleet`): version 2 everywhere after its
+deploy, version 1 everywhere after the rollback, and a deploy whose smoke test fails stops at
+its first host and leaves every host on version 1.
+
+The scenario's side effect (molecule/fleet/deploys.yml) records, after each step, the version
+each worker group reported through its own queue and each host's `current` release, in
+fleet-results/ of the scenario's ephemeral directory. No side effect, no files: every test fails.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from conftest import WORKER_GROUPS, hostname
+
+RESULTS = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "fleet-results"
+
+if os.environ.get("FLEET_ROLLING_LOAD"):
+    def stage(name):
+        path = RESULTS / f"versions-{name}.json"
+        assert path.exists(), f"{path} is missing: did the side effect run?"
+        return json.loads(path.read_text())
+
+    def expect_everywhere(recorded, workers, version):
+        nodes = {f"{g}@{w.backend.host}" for g in WORKER_GROUPS for w in workers}
+        assert recorded["versions"] == {node: version for node in nodes}
+        assert set(recorded["current"]) == {w.backend.host for w in workers}
+        for host, release in recorded["current"].items():
+            assert Path(release).name.startswith(version + "-"), (host, release)
+
+    def test_a_deploy_puts_version_2_on_every_worker(workers):
+        expect_everywhere(stage("deployed"), workers, "2.0.0")
+
+    def test_a_rollback_puts_version_1_back_on_every_worker(workers):
+        expect_everywhere(stage("rolled-back"), workers, "1.0.0")
+
+    def test_a_deploy_whose_smoke_test_fails_stops_and_leaves_every_host_on_the_previous_version(workers):
+        outcome = json.loads((RESULTS / "broken-deploy.json").read_text())
+        assert outcome["rc"] != 0
+        stopped_at = [w for w in workers if f"Stopped at {hostname(w)}:" in outcome["stdout"]]
+        assert len(stopped_at) == 1 and "returned 8, expected 9" in outcome["stdout"], outcome["stdout"][-2000:]
+        after = stage("after-failed-deploy")
+        expect_everywhere(after, workers, "1.0.0")
+        assert after["current"] == stage("rolled-back")["current"]
