@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import time
 import uuid
 from urllib.parse import urlsplit
@@ -285,3 +286,37 @@ if SWITCHED_FROM:
                 units = worker.check_output(f"systemctl list-units --all --plain --no-legend '{NAME_PREFIX}@*'")
                 assert units.strip() == "", units
                 assert not worker.file(f"/etc/systemd/system/{NAME_PREFIX}@.service").exists
+
+
+# --- Fleet operations (playbooks/workers.yml) ----------------------------------------------------
+
+def workers_playbook(action, *extra):
+    """Run playbooks/workers.yml against the scenario's hosts, from the control node."""
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    return subprocess.run(
+        ["ansible-playbook", "-i", inventory, f"{project}/playbooks/workers.yml", "-e", f"celery_action={action}", *extra],
+        cwd=project, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_the_status_action_reports_every_process_and_names_a_stopped_one(workers, beat_hosts):
+    status = workers_playbook("status")
+    assert status.returncode == 0, status.stdout[-3000:]
+    for worker in workers:
+        for group_name in WORKER_GROUPS:
+            assert re.search(rf"worker-{group_name}: RUNNING, pid \d+, up \d+ s, ping ok", status.stdout), status.stdout[-3000:]
+    assert re.search(r"beat: RUNNING, pid \d+", status.stdout)
+
+    worker = workers[-1]
+    name = worker.backend.host
+    try:
+        stopped = workers_playbook("stop", "--limit", name)
+        assert stopped.returncode == 0, stopped.stdout[-3000:]
+        assert all(state != "RUNNING" for state, _ in processes(worker).values())
+        down = workers_playbook("status", "--limit", name)
+        assert down.returncode != 0 and f"default@{name} does not answer" in down.stdout, down.stdout[-3000:]
+    finally:
+        started = workers_playbook("start", "--limit", name)
+    assert started.returncode == 0, started.stdout[-3000:]
+    assert all(state == "RUNNING" for state, _ in processes(worker).values())
