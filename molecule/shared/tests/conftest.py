@@ -38,25 +38,26 @@ def group(name):
     return [host(n) for n in RUNNER.get_hosts(name)]
 
 
+def required_group(name):
+    """Hosts of inventory group `name`; a scenario without any fails the tests that need them."""
+    found = group(name)
+    assert found, f"the scenario has no host in group {name}"
+    return found
+
+
 @pytest.fixture(scope="session")
 def brokers():
-    found = group("brokers")
-    assert found, "the scenario has no broker host"
-    return found
+    return required_group("brokers")
 
 
 @pytest.fixture(scope="session")
 def workers():
-    found = group("workers")
-    assert found, "the scenario has no worker host"
-    return found
+    return required_group("workers")
 
 
 @pytest.fixture(scope="session")
 def clients():
-    found = group("clients")
-    assert found, "the scenario has no client host"
-    return found
+    return required_group("clients")
 
 
 @pytest.fixture(scope="session")
