@@ -1,13 +1,9 @@
-"""The Celery application, configured from the process environment (see fleetapp.settings)."""
-
-import os
+"""The Celery application. Like any app the fleet deploys, it holds no deployment settings: the
+broker, the result backend and the production settings reach it from the environment when
+celery-fleet's entry point (celery_fleet, installed beside it) loads it."""
 
 from celery import Celery
 
-from fleetapp.settings import settings_from_environ
-
 app = Celery("fleetapp", include=["fleetapp.tasks"])
-# The app's periodic task, for beat: a heartbeat every 10 seconds. The environment may
-# replace the schedule (CELERY_BEAT_SCHEDULE, a JSON object).
+# The app's periodic task, for beat: a heartbeat every 10 seconds.
 app.conf.beat_schedule = {"heartbeat": {"task": "fleetapp.tasks.heartbeat", "schedule": 10.0}}
-app.conf.update(settings_from_environ(os.environ))

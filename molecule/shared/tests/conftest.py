@@ -157,5 +157,5 @@ def wait_until(check, timeout, interval=1.0):
 def inspect(h, command, destination=None, timeout=5):
     """`celery inspect COMMAND --json` on host h; the parsed replies ({} when none answered)."""
     where = f" --destination={destination}" if destination else ""
-    result = h.run(f"{RUN} celery --app={APP} inspect {command} --json --timeout={timeout}{where}")
+    result = h.run(f"{RUN} celery --app=celery_fleet:app inspect {command} --json --timeout={timeout}{where}")
     return json.loads(result.stdout) if result.rc == 0 and result.stdout.strip() else {}

@@ -1,19 +1,27 @@
 #!/usr/bin/env python3
-"""Build an app's wheelhouse once on the control node and cache it by content.
+"""Build an app's release once on the control node and cache it by content.
 
-Targets never reach a package index: they install from this archive with --no-index. The
-archive holds the app's own wheel, a wheel for every locked requirement (downloaded for the
-targets' Python and platform, not the control node's), and a requirements.txt that installs
-exactly that set. Its name carries a hash of everything that went into it, so an unchanged app
-costs one hash and no download, and a changed one is a new release.
+Targets never reach a package index: they install from this archive with --no-index. The app
+is either a package (pyproject.toml or setup.py: it is built into a wheel) or a plain project
+directory, the tutorial's layout (modules at its root: they are shipped as source). Its
+requirements are resolved here, for the targets' Python and platform rather than the control
+node's, into a wheel for every distribution the app needs; the archive holds
 
-Prints one JSON object: changed, archive, release, requirement.
+    wheelhouse/   those wheels and a requirements.txt that installs exactly that set
+    boot/         celery_fleet.py, the entry point that loads and configures the app
+    source/       the project's files, for an app without packaging metadata
+
+Its name carries a hash of everything that went into it, so an unchanged app costs one hash and
+no download, and a changed one is a new release. Prints one JSON object: changed, archive,
+release, requirement, celery. Exits 2 with a message naming the problem when the requirements
+do not resolve to wheels, do not pin what they name, or bring a Celery this fleet does not run.
 """
 
 import argparse
 import hashlib
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -21,73 +29,201 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-# Never part of a release: caches, build output, version control.
-SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "build", "dist", ".venv", ".tox"}
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
+# Never part of a release: caches, build output, version control, local databases and secrets.
+SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "build", "dist", ".venv", "venv", ".tox", "node_modules"}
+SKIP_SUFFIXES = (".pyc", ".pyo", ".sqlite3", ".env")
+# The requirement files looked for in a project, in order, when none is named.
+REQUIREMENT_FILES = ("requirements.lock", "requirements.txt")
+
+
+class BuildError(Exception):
+    """The app cannot become a release; the message says why and what to change."""
 
 
 def source_files(src: Path):
     for root, dirs, files in os.walk(src):
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info"))
         for name in sorted(files):
-            if not name.endswith((".pyc", ".pyo")):
+            if not name.endswith(SKIP_SUFFIXES):
                 yield Path(root, name)
 
 
-def content_hash(args) -> str:
+def is_package(src: Path) -> bool:
+    return (src / "pyproject.toml").exists() or (src / "setup.py").exists()
+
+
+def requirements_file(args) -> Path | None:
+    if args.requirements:
+        return Path(args.requirements)
+    return next((Path(args.src, name) for name in REQUIREMENT_FILES if Path(args.src, name).exists()), None)
+
+
+def requirement_lines(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    if not path.exists():
+        raise BuildError(f"celery_app_requirements: {path} does not exist")
+    lines = [line.split(" #")[0].strip() for line in path.read_text().splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    unpinned = [line for line in lines if "==" not in line]
+    if unpinned:
+        raise BuildError(f"celery_app_requirements: pin every requirement of {path} with == so a release is "
+                         f"reproducible (its dependencies are resolved and recorded in the release); not pinned: {unpinned}")
+    return lines
+
+
+def content_hash(args, requirements: Path | None) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([args.python_version, sorted(args.platform)]).encode())
-    digest.update(Path(args.requirements).read_bytes())
+    digest.update(json.dumps([args.python_version, sorted(args.platform), args.celery]).encode())
+    digest.update(Path(args.boot).read_bytes())
+    if requirements is not None and requirements.exists():
+        digest.update(requirements.read_bytes())
     for path in source_files(Path(args.src)):
         digest.update(str(path.relative_to(args.src)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
 
-def pip(*argv: str) -> None:
+def pip(*argv: str) -> str:
     result = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *argv], capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"pip {argv[0]} failed (the app's requirements must resolve to wheels for the targets):\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        output = (result.stdout + result.stderr).strip().splitlines()
+        errors = [line for line in output if "ERROR" in line or "error" in line.lower()] or output
+        raise BuildError(f"celery_app_requirements: pip {argv[0]} failed: the app's requirements must resolve to wheels for CPython "
+                         f"{TARGET['python_full_version']} on {', '.join(ARGS.platform)}, since targets install with no index:\n"
+                         + "\n".join(errors[-15:]))
+    return result.stdout
 
 
-def build(args, digest: str) -> dict:
+def target_options(args) -> list[str]:
+    return ["--only-binary=:all:", f"--python-version={args.python_version}", "--implementation=cp",
+            *(f"--platform={p}" for p in args.platform)]
+
+
+def missing_for_target(installs: list[dict]) -> list[str]:
+    """Requirements the targets' interpreter needs but pip, evaluating environment markers with the
+    control node's interpreter, left out (redis needs async-timeout only below Python 3.11.3)."""
+    resolved = {canonicalize_name(item["metadata"]["name"]) for item in installs}
+    missing = []
+    for item in installs:
+        extras = [""] + list(item.get("requested_extras") or [])
+        for text in item["metadata"].get("requires_dist") or []:
+            req = Requirement(text)
+            if req.marker is not None and not any(req.marker.evaluate(dict(TARGET, extra=e)) for e in extras):
+                continue
+            if canonicalize_name(req.name) not in resolved:
+                req.marker = None
+                missing.append(str(req))
+    return sorted(set(missing))
+
+
+def resolve(args, lines: list[str], app_wheel: Path | None, scratch: Path) -> list[dict]:
+    """Resolve the app's dependencies for the targets; returns pip's install report entries."""
+    extra: list[str] = []
+    for _ in range(5):
+        report = scratch / "report.json"
+        pip("install", "--dry-run", "--quiet", "--ignore-installed", "--report", str(report), "--target", str(scratch / "target"),
+            *target_options(args), *lines, *extra, *([str(app_wheel)] if app_wheel else []))
+        installs = json.loads(report.read_text())["install"]
+        missing = missing_for_target(installs)
+        if not missing:
+            return installs
+        extra += missing
+    raise BuildError(f"celery_app_requirements: resolving for the targets' Python never settled; still missing {missing}")
+
+
+def check_celery(args, installs: list[dict]) -> str:
+    versions = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"] for i in installs}
+    if "celery" not in versions:
+        raise BuildError(f"celery_app_requirements: the app does not require celery; add the Celery it was written for, "
+                         f"pinned (celery-fleet runs celery {args.celery})")
+    if versions["celery"] not in SpecifierSet(args.celery):
+        raise BuildError(f"celery_app_requirements: the app requires celery {versions['celery']}; "
+                         f"celery-fleet runs celery {args.celery} (celery_app_supported_celery)")
+    return versions["celery"]
+
+
+def build(args, digest: str, requirements: Path | None, lines: list[str]) -> dict:
     cache = Path(args.cache).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     found = sorted(cache.glob(f"*-{digest}.tar"))
-    if found:
-        meta = json.loads(Path(str(found[0]) + ".json").read_text())
-        return dict(meta, changed=False)
+    if found and Path(str(found[0]) + ".json").exists():
+        return dict(json.loads(Path(str(found[0]) + ".json").read_text()), changed=False)
 
+    src = Path(args.src).resolve()
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        wheels = Path(tmp, "wheels")
-        # An absolute path: a bare "app" would be taken for a package name on the index.
-        pip("wheel", "--no-deps", "--quiet", "--wheel-dir", str(wheels), str(Path(args.src).resolve()))
-        (app_wheel,) = wheels.glob("*.whl")
-        name, version = app_wheel.name.split("-")[:2]
-        platforms = [f"--platform={p}" for p in args.platform]
-        pip("download", "--no-deps", "--quiet", "--only-binary=:all:", f"--python-version={args.python_version}",
-            "--implementation=cp", *platforms, "--dest", str(wheels), "--requirement", str(args.requirements))
-        locked = [line.strip() for line in Path(args.requirements).read_text().splitlines() if re.match(r"^[A-Za-z0-9]", line)]
-        (wheels / "requirements.txt").write_text("\n".join(locked + [f"{name}=={version}"]) + "\n")
-        release = f"{version}-{digest}"
-        archive = cache / f"{name}-{release}.tar"
-        with tarfile.open(Path(tmp, "partial.tar"), "w") as tar:
-            for path in sorted(wheels.iterdir()):
-                tar.add(path, arcname=path.name)
-        meta = {"archive": str(archive), "release": release, "requirement": f"{name}=={version}"}
+        tmp = Path(tmp)
+        wheels = tmp / "wheelhouse"
+        app_wheel = None
+        if is_package(src):
+            # An absolute path: a bare "app" would be taken for a package name on the index.
+            pip("wheel", "--no-deps", "--quiet", "--wheel-dir", str(tmp / "app"), str(src))
+            (app_wheel,) = (tmp / "app").glob("*.whl")
+        installs = resolve(args, lines, app_wheel, tmp)
+        celery = check_celery(args, installs)
+        app_name = canonicalize_name(app_wheel.name.split("-")[0]) if app_wheel else None
+        pins = sorted(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in installs
+                      if canonicalize_name(i["metadata"]["name"]) != app_name)
+        pip("download", "--no-deps", "--quiet", *target_options(args), "--dest", str(wheels), *pins)
+        if app_wheel:
+            name, version = app_wheel.name.split("-")[:2]
+            os.replace(app_wheel, wheels / app_wheel.name)
+            requirement, release = f"{name}=={version}", f"{version}-{digest}"
+        else:
+            name, requirement, release = src.name, f"{src.name} (source) {digest}", f"source-{digest}"
+        (wheels / "requirements.txt").write_text("\n".join(pins + ([requirement] if app_wheel else [])) + "\n")
+        # The proof that targets need no index: the set installs from these files alone.
+        pip("install", "--dry-run", "--quiet", "--ignore-installed", "--no-index", "--find-links", str(wheels),
+            "--target", str(tmp / "target"), *target_options(args), "--requirement", str(wheels / "requirements.txt"))
+
+        archive = cache / f"{canonicalize_name(name)}-{release}.tar"
+        with tarfile.open(tmp / "partial.tar", "w") as tar:
+            tar.add(wheels, arcname="wheelhouse")
+            tar.add(args.boot, arcname="boot/celery_fleet.py")
+            if not app_wheel:
+                for path in source_files(src):
+                    tar.add(path, arcname=f"source/{path.relative_to(src)}", recursive=False)
+        meta = {"archive": str(archive), "release": release, "requirement": requirement, "celery": celery}
+        os.replace(tmp / "partial.tar", archive)
         Path(str(archive) + ".json").write_text(json.dumps(meta))
-        os.replace(Path(tmp, "partial.tar"), archive)
     return dict(meta, changed=True)
 
 
 def main() -> None:
+    global ARGS, TARGET
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--src", required=True, help="the app's source directory (with pyproject.toml or setup.py)")
-    parser.add_argument("--requirements", required=True, help="the app's locked requirements")
+    parser.add_argument("--src", required=True, help="the app's source directory")
+    parser.add_argument("--requirements", default="", help="its pinned requirements (default: requirements.lock or requirements.txt in --src)")
+    parser.add_argument("--boot", required=True, help="celery_fleet.py, the entry point shipped with every release")
+    parser.add_argument("--celery", required=True, help="the Celery versions the fleet runs, a specifier such as >=5.5,<5.8")
     parser.add_argument("--cache", required=True, help="where archives are kept")
-    parser.add_argument("--python-version", required=True, help="the targets' Python, e.g. 3.11")
+    parser.add_argument("--python-version", required=True, help="the targets' Python, in full (e.g. 3.11.2: markers depend on it)")
     parser.add_argument("--platform", action="append", default=[], help="a platform tag of the targets (repeatable)")
-    args = parser.parse_args()
-    print(json.dumps(build(args, content_hash(args))))
+    ARGS = args = parser.parse_args()
+    # Environment markers as the targets' interpreter (CPython on Linux x86_64) evaluates them.
+    TARGET = {"python_version": ".".join(args.python_version.split(".")[:2]), "python_full_version": args.python_version,
+              "implementation_name": "cpython", "platform_python_implementation": "CPython",
+              "implementation_version": args.python_version, "sys_platform": "linux", "platform_system": "Linux",
+              "os_name": "posix", "platform_machine": "x86_64", "platform_release": "", "platform_version": ""}
+    try:
+        if not Path(args.src).is_dir():
+            raise BuildError(f"celery_app_src: {args.src} is not a directory on the control node")
+        requirements = requirements_file(args)
+        lines = requirement_lines(requirements)
+        if not lines and not is_package(Path(args.src)):
+            raise BuildError(f"celery_app_src: {args.src} has no pyproject.toml or setup.py and no requirements file "
+                             f"({' or '.join(REQUIREMENT_FILES)}): name the app's requirements with celery_app_requirements")
+        print(json.dumps(build(args, content_hash(args, requirements), requirements, lines)))
+    except BuildError as error:
+        print(error, file=sys.stderr)
+        sys.exit(2)
 
+
+ARGS: argparse.Namespace
+TARGET: dict = {"python_full_version": platform.python_version()}
 
 if __name__ == "__main__":
     main()

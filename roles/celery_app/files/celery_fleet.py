@@ -1,18 +1,34 @@
-"""Celery settings from the environment.
+"""celery-fleet's entry point for an app's Celery processes: ``celery --app=celery_fleet:app``.
 
-Celery itself reads only CELERY_BROKER_URL and CELERY_RESULT_BACKEND from the environment. The
-fleet's environment file carries the production settings too (late acks, prefetch, time limits,
-transport options), each as ``CELERY_<SETTING NAME IN UPPER CASE>``. This module turns those
-variables into typed settings, using Celery's own table of settings for names and types, so a
-misspelt name or an ill-typed value fails at start instead of being silently ignored.
+Every worker, beat and control command of a deployed app loads the app through this module. It
+finds the app named by FLEET_APP_MODULE, which is what the tutorial puts after ``-A`` (``tasks``,
+``proj``, ``proj.celery:app``), and applies the deployment's settings to it. The module is
+installed into every release's venv by the celery_app role; the app needs no code for it.
+
+Celery itself reads only CELERY_BROKER_URL and CELERY_RESULT_BACKEND from the environment (and
+those win over a broker hard-coded in the app). The fleet's environment file carries the
+production settings too (late acks, prefetch, time limits, transport options), each as
+``CELERY_<SETTING NAME IN UPPER CASE>``. They are typed with Celery's own table of settings, so a
+misspelt name or an ill-typed value fails at start instead of being silently ignored, and they
+win over the app's own configuration: the broker's timeouts and the workers' acknowledgements
+must agree with each other whatever the code says.
+
+A client process that imports the app itself (a web server on a `clients` host) can apply the
+same settings with ``celery_fleet.configure(app)``.
 """
 
 import json
+import os
 from collections.abc import Mapping
 
+from celery import Celery
 from celery.app.defaults import NAMESPACES, Option, flatten
+from celery.app.utils import find_app
 
 PREFIX = "CELERY_"
+
+# Names the app to load, as `celery -A` would (not CELERY_*: that prefix is for settings).
+APP_VARIABLE = "FLEET_APP_MODULE"
 
 # Variables with the prefix that are not settings: Celery's own CLI and app selection.
 NOT_SETTINGS = frozenset({"CELERY_APP", "CELERY_CONFIG_MODULE", "CELERY_LOADER", "CELERY_CUSTOM_WORKER_POOL"})
@@ -70,3 +86,19 @@ def settings_from_environ(environ: Mapping[str, str]) -> dict:
         settings[name] = _parse(name, option, raw)
     return settings
 
+
+
+def configure(app: Celery, environ: Mapping[str, str] = os.environ) -> Celery:
+    """Apply the deployment's settings from ``environ`` to ``app`` and return it."""
+    app.conf.update(settings_from_environ(environ))
+    return app
+
+
+def __getattr__(name: str):
+    # `celery --app=celery_fleet:app` asks for `app`: load and configure the app on first use.
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if not os.environ.get(APP_VARIABLE):
+        raise RuntimeError(f"{APP_VARIABLE} is not set: it names the app, as `celery -A` would (e.g. tasks or proj)")
+    app = globals()["app"] = configure(find_app(os.environ[APP_VARIABLE]))
+    return app

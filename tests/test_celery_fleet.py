@@ -1,0 +1,101 @@
+"""The entry point every deployed app's processes load (roles/celery_app/files/celery_fleet.py)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "roles/celery_app/files"))
+
+from celery_fleet import SettingError, settings_from_environ  # noqa: E402
+
+
+def test_typed_settings_from_environment():
+    settings = settings_from_environ(
+        {
+            "CELERY_TASK_ACKS_LATE": "true",
+            "CELERY_TASK_REJECT_ON_WORKER_LOST": "False",
+            "CELERY_WORKER_PREFETCH_MULTIPLIER": "1",
+            "CELERY_BROKER_TRANSPORT_OPTIONS": '{"visibility_timeout": 7200}',
+            "CELERY_BROKER_URL": "redis://:secret@broker1:6379/0",
+            "CELERY_TASK_TIME_LIMIT": "600",
+            "PATH": "/usr/bin",
+        }
+    )
+    assert settings == {
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": False,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {"visibility_timeout": 7200},
+        "broker_url": "redis://:secret@broker1:6379/0",
+        "task_time_limit": 600,
+    }
+
+
+def test_cli_variables_are_not_settings():
+    assert settings_from_environ({"CELERY_APP": "fleetapp", "CELERY_CONFIG_MODULE": "x"}) == {}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("CELERY_TASK_ACKS_LAET", "true", "no Celery setting is called 'task_acks_laet'"),
+        ("CELERY_TASK_ACKS_LATE", "maybe", "not a boolean"),
+        ("CELERY_WORKER_PREFETCH_MULTIPLIER", "one", "CELERY_WORKER_PREFETCH_MULTIPLIER"),
+        ("CELERY_BROKER_TRANSPORT_OPTIONS", "[1, 2]", "expected a JSON object"),
+        ("CELERY_BROKER_TRANSPORT_OPTIONS", "{oops", "CELERY_BROKER_TRANSPORT_OPTIONS"),
+    ],
+)
+def test_bad_values_fail_with_the_variable_name(key, value, message):
+    with pytest.raises(SettingError, match=message):
+        settings_from_environ({key: value})
+
+
+def run_entry_point(tmp_path, code, **environ):
+    """Run ``code`` in a fresh interpreter, as a worker starts, with a tutorial app in tmp_path."""
+    (tmp_path / "tasks.py").write_text(
+        "from celery import Celery\n"
+        "app = Celery('tasks', broker='pyamqp://guest@localhost//')\n"
+        "app.conf.task_acks_late = False\n"
+        "@app.task\ndef add(x, y):\n    return x + y\n"
+    )
+    pythonpath = os.pathsep.join([str(tmp_path), str(ROOT / "roles/celery_app/files")])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FLEET_"))}
+    env.update(PYTHONPATH=pythonpath, **environ)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+
+
+def test_the_deployment_wins_over_the_apps_hard_coded_settings(tmp_path):
+    out = run_entry_point(
+        tmp_path,
+        "from celery_fleet import app; print(app.main, app.conf.broker_url, app.conf.task_acks_late,"
+        " app.conf.worker_prefetch_multiplier, sorted(app.tasks)[-1])",
+        FLEET_APP_MODULE="tasks",
+        CELERY_BROKER_URL="redis://:secret@broker1:6379/0",
+        CELERY_TASK_ACKS_LATE="true",
+        CELERY_WORKER_PREFETCH_MULTIPLIER="1",
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["tasks", "redis://:secret@broker1:6379/0", "True", "1", "tasks.add"]
+
+
+def test_an_unknown_setting_stops_the_process(tmp_path):
+    out = run_entry_point(tmp_path, "from celery_fleet import app", FLEET_APP_MODULE="tasks", CELERY_TASK_ACKS_LAET="true")
+    assert out.returncode != 0
+    assert "no Celery setting is called 'task_acks_laet'" in out.stderr
+
+
+def test_without_an_app_name_the_error_says_which_variable(tmp_path):
+    out = run_entry_point(tmp_path, "from celery_fleet import app")
+    assert out.returncode != 0
+    assert "FLEET_APP_MODULE is not set" in out.stderr
+
+
+def test_other_names_are_not_there():
+    import celery_fleet
+
+    with pytest.raises(AttributeError):
+        celery_fleet.nothing  # noqa: B018
