@@ -6,7 +6,7 @@ VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # The scenarios `make test` runs; each is a directory of molecule/.
-SCENARIOS := redis-supervisor redis-systemd rabbitmq-supervisor rabbitmq-systemd fleet
+SCENARIOS := redis-supervisor redis-systemd rabbitmq-supervisor rabbitmq-systemd fleet staging-ssh django-app
 # The lab's broker, process manager and (optional) result backend; inventory/lab reads them
 # from the environment:  make demo BROKER=rabbitmq PM=systemd [RESULTS=redis]
 BROKER ?= redis

@@ -40,3 +40,12 @@ def test_example_inventory_names_only_example_hosts(env):
 def test_site_and_day_two_playbooks_parse_with_the_example_inventory(env):
     for playbook in ("site.yml", "playbooks/deploy.yml", "playbooks/rollback.yml", "playbooks/rolling_restart.yml"):
         ansible("ansible-playbook", "-i", f"inventory/{env}", "--syntax-check", playbook)
+
+
+def test_the_vault_password_client_reads_only_its_variable():
+    client = [str(Path(__file__).resolve().parents[1] / "inventory/vault-password-from-env")]
+    given = subprocess.run(client, env={"FLEET_VAULT_PASSWORD": "s3cret pass"}, capture_output=True, text=True)
+    assert given.returncode == 0 and given.stdout == "s3cret pass\n"
+    missing = subprocess.run(client, env={}, capture_output=True, text=True)
+    assert missing.returncode != 0 and missing.stdout == ""
+    assert "FLEET_VAULT_PASSWORD is not set" in missing.stderr

@@ -2,13 +2,16 @@
 
 The scenario's broker and process manager come from its molecule.yml (provisioner env
 FLEET_BROKER and FLEET_PROCESS_MANAGER, which the lab inventory also reads), so one set of
-tests checks every combination.
+tests checks every combination. Scenarios that deploy an app of their own (FLEET_APP_NAME, the
+fixtures in molecule/shared/apps) run the tests marked own_app; the others those marked
+fleet_app (the bundle's demo app), chosen by the verifier's `-m`.
 """
 
 import json
 import os
 import re
 import shlex
+import subprocess
 import time
 
 import pytest
@@ -21,13 +24,36 @@ RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
 BROKER = os.environ.get("FLEET_BROKER", "redis")
 PM = os.environ.get("FLEET_PROCESS_MANAGER", "supervisor")
 
-# The bundle's defaults for the demo app (roles/celery_app/defaults/main.yml) and the lab's
-# worker groups (inventory/lab/group_vars/workers/main.yml).
-APP = "fleetapp"
+# The app's name (celery_app_name: the bundle's demo app unless the scenario deploys its own)
+# and the lab's worker groups (inventory/lab/group_vars/workers/main.yml).
+APP = os.environ.get("FLEET_APP_NAME", "fleetapp")
 RUN = f"/opt/{APP}/bin/run"
 ENV_FILE = f"/etc/celery-fleet/{APP}.env"
 NAME_PREFIX = f"celery-{APP}"
 WORKER_GROUPS = {"default": "celery", "long": "long"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fleet_app: needs the bundle's demo app (app/)")
+    config.addinivalue_line("markers", "own_app: needs an app of the scenario's own (molecule/shared/apps)")
+    config.addinivalue_line("markers", "tutorial: needs the tutorial's tasks.py (app tutorial)")
+    config.addinivalue_line("markers", "django: needs the Django project (app django)")
+    config.addinivalue_line("markers", "staging_ssh: needs hosts reached over SSH (scenario staging-ssh)")
+
+
+def ansible_playbook(playbook, *extra):
+    """Run one of the bundle's playbooks against the scenario's hosts, from the control node."""
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    return subprocess.run(
+        ["ansible-playbook", "-i", inventory, f"{project}/{playbook}", *extra],
+        cwd=project, capture_output=True, text=True, timeout=300,
+    )
+
+
+def workers_playbook(action, *extra):
+    """playbooks/workers.yml with celery_action=action."""
+    return ansible_playbook("playbooks/workers.yml", "-e", f"celery_action={action}", *extra)
 
 
 def host(name):

@@ -11,7 +11,10 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from conftest import WORKER_GROUPS, hostname
+
+pytestmark = pytest.mark.fleet_app
 
 RESULTS = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "fleet-results"
 

@@ -10,7 +10,10 @@ import json
 import os
 from collections import Counter
 
+import pytest
 from conftest import celery_main_processes, run_python
+
+pytestmark = pytest.mark.fleet_app
 
 LOAD = os.environ.get("FLEET_ROLLING_LOAD")
 

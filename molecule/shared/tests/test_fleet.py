@@ -4,11 +4,11 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import time
 import uuid
 from urllib.parse import urlsplit
 
+import pytest
 from conftest import (
     APP,
     BROKER,
@@ -27,7 +27,10 @@ from conftest import (
     start_process,
     stop_process,
     wait_until,
+    workers_playbook,
 )
+
+pytestmark = pytest.mark.fleet_app
 
 
 # --- The broker ---------------------------------------------------------------------------------
@@ -289,16 +292,6 @@ if SWITCHED_FROM:
 
 
 # --- Fleet operations (playbooks/workers.yml) ----------------------------------------------------
-
-def workers_playbook(action, *extra):
-    """Run playbooks/workers.yml against the scenario's hosts, from the control node."""
-    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
-    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
-    return subprocess.run(
-        ["ansible-playbook", "-i", inventory, f"{project}/playbooks/workers.yml", "-e", f"celery_action={action}", *extra],
-        cwd=project, capture_output=True, text=True, timeout=300,
-    )
-
 
 def test_the_status_action_reports_every_process_and_names_a_stopped_one(workers, beat_hosts):
     status = workers_playbook("status")

@@ -83,7 +83,9 @@ def content_hash(args, requirements: Path | None) -> str:
     if requirements is not None and requirements.exists():
         digest.update(requirements.read_bytes())
     for path in source_files(Path(args.src)):
-        digest.update(str(path.relative_to(args.src)).encode() + b"\0" + path.read_bytes() + b"\0")
+        # The executable bit too: it travels in the archive (Django's manage.py needs it).
+        executable = b"x" if os.access(path, os.X_OK) else b"-"
+        digest.update(str(path.relative_to(args.src)).encode() + b"\0" + executable + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
 
