@@ -6,7 +6,10 @@ VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # The scenarios `make test` runs; each is a directory of molecule/.
-SCENARIOS := redis-supervisor redis-systemd rabbitmq-supervisor rabbitmq-systemd fleet staging-ssh django-app
+SCENARIOS := redis-supervisor rabbitmq-systemd fleet staging-ssh django-app
+# The failure drills run once per broker, each under the process manager the scenarios above
+# leave out for it (and switched to it from the other): BROKER:MANAGER:SWITCHED_FROM.
+DRILLS := redis:systemd:supervisor rabbitmq:supervisor:systemd
 # The lab's broker, process manager and (optional) result backend; inventory/lab reads them
 # from the environment:  make demo BROKER=rabbitmq PM=systemd [RESULTS=redis]
 BROKER ?= redis
@@ -63,6 +66,10 @@ unit: setup
 
 molecule: setup
 	for scenario in $(SCENARIOS); do molecule test --scenario-name "$$scenario"; done
+	for run in $(DRILLS); do \
+	  IFS=: read -r broker manager from <<< "$$run"; \
+	  DRILLS_BROKER=$$broker DRILLS_PROCESS_MANAGER=$$manager DRILLS_SWITCHED_FROM=$$from molecule test --scenario-name drills; \
+	done
 
 clean: lab-down
 	rm -rf .cache

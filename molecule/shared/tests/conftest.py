@@ -23,6 +23,8 @@ RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
 
 BROKER = os.environ.get("FLEET_BROKER", "redis")
 PM = os.environ.get("FLEET_PROCESS_MANAGER", "supervisor")
+# celery_broker_ack_timeout: the bundle's default unless the scenario shortens it (drills).
+ACK_TIMEOUT = int(os.environ.get("FLEET_ACK_TIMEOUT", "7200"))
 
 # The app's name (celery_app_name: the bundle's demo app unless the scenario deploys its own)
 # and the lab's worker groups (inventory/lab/group_vars/workers/main.yml).
@@ -39,6 +41,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "tutorial: needs the tutorial's tasks.py (app tutorial)")
     config.addinivalue_line("markers", "django: needs the Django project (app django)")
     config.addinivalue_line("markers", "staging_ssh: needs hosts reached over SSH (scenario staging-ssh)")
+    config.addinivalue_line("markers", "drills: failure drills (scenario drills)")
+
+
+def pytest_collection_modifyitems(items):
+    # The drills restart brokers and hosts: they run after every other test of the scenario.
+    items.sort(key=lambda item: item.get_closest_marker("drills") is not None)
 
 
 def ansible_playbook(playbook, *extra):

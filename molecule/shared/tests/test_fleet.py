@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import (
+    ACK_TIMEOUT,
     APP,
     BROKER,
     ENV_FILE,
@@ -78,6 +79,18 @@ def test_redis_refuses_clients_without_the_password(brokers, settings):
         assert asked.stdout.split()[1:] == ["maxmemory-policy", "noeviction", "appendonly", "yes", "appendfsync", "everysec"]
 
 
+def test_a_broker_host_listens_on_loopback_and_its_private_address_only(brokers):
+    # Every TCP listener, epmd and Erlang distribution included (not only the broker's port).
+    # 127.0.0.11 is Docker's resolver inside the lab's containers.
+    for broker in brokers:
+        allowed = {"127.0.0.1", private_address(broker), "127.0.0.11"}
+        rows = broker.check_output("ss -Hltnp").splitlines()
+        found = {(row.split()[3].rsplit(":", 1)[0], row.split()[3].rsplit(":", 1)[1], row.split()[-1]) for row in rows}
+        assert found and all(address in allowed for address, _, _ in found), sorted(found)
+        if BROKER == "rabbitmq":
+            assert {port for address, port, _ in found if address == "127.0.0.1"} >= {"4369", "25672", "5672"}, sorted(found)
+
+
 def test_rabbitmq_refuses_guest_and_wrong_passwords(brokers, settings):
     if BROKER != "rabbitmq":
         assert all(listening(b, 5672) == set() for b in brokers), "RabbitMQ runs though Redis is the broker"
@@ -94,7 +107,7 @@ def test_rabbitmq_refuses_guest_and_wrong_passwords(brokers, settings):
         users = broker.check_output("rabbitmqctl list_users --silent --formatter json")
         assert [u["user"] for u in json.loads(users)] == [url.username]
         timeout = broker.check_output("rabbitmqctl eval 'application:get_env(rabbit, consumer_timeout).'")
-        assert timeout.strip() == "{ok,7200000}", timeout
+        assert timeout.strip() == f"{{ok,{ACK_TIMEOUT * 1000}}}", timeout
 
 
 # --- The app's environment ----------------------------------------------------------------------

@@ -1,0 +1,309 @@
+"""Failure drills (scenario `drills`): what production does to a fleet, and what must survive it.
+
+Each drill prints one line with its counts and times (the verifier runs with -s). Tasks are the
+demo app's `tracked`, which appends its id to ~celery/fleetapp-executions.log on the worker that
+ran it, so a drill counts executions whatever the result backend. The drills run after every
+other test of the scenario (conftest orders them last) and leave the fleet as they found it.
+"""
+
+import json
+import os
+import re
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import (
+    BROKER,
+    ENV_FILE,
+    WORKER_GROUPS,
+    ansible_playbook,
+    celery_main_processes,
+    inspect,
+    processes,
+    run_python,
+    start_process,
+    stop_process,
+    wait_until,
+)
+
+pytestmark = pytest.mark.drills
+
+EXECUTIONS = "/var/lib/celery/fleetapp-executions.log"
+BROKER_SERVICE = "rabbitmq-server" if BROKER == "rabbitmq" else "redis-server"
+INVENTORY_DIR = Path(os.environ.get("MOLECULE_INVENTORY_FILE", "/nonexistent")).parent
+
+
+def report(drill, **counts):
+    print(f"\ndrill {drill}: " + " ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
+
+
+def send_tracked(client, count, seconds=0.0, queue="celery"):
+    """Send `count` tracked tasks from the client host; returns their ids (sent with confirms)."""
+    code = (
+        "import json; from fleetapp.tasks import tracked\n"
+        f"ids = [tracked.apply_async(({seconds},), queue={queue!r}).id for _ in range({count})]\n"
+        "print(json.dumps(ids))"
+    )
+    return json.loads(run_python(client, code, timeout=120))
+
+
+def executions(workers, ids):
+    """How many times each of `ids` ran, over every worker host."""
+    wanted = set(ids)
+    counts = dict.fromkeys(ids, 0)
+    for worker in workers:
+        for line in worker.run(f"cat {EXECUTIONS} 2>/dev/null").stdout.splitlines():
+            task_id = line.split(" ", 1)[0]
+            if task_id in wanted:
+                counts[task_id] += 1
+    return counts
+
+
+def all_ran(workers, ids):
+    counts = executions(workers, ids)
+    return counts if all(counts.values()) else None
+
+
+def worker_pids(worker):
+    """Main PIDs of the host's worker groups (beat aside)."""
+    return {instance: pid for instance, (_, pid) in processes(worker).items() if instance.startswith("worker-")}
+
+
+def nodes_answer(worker):
+    nodes = {f"{group}@{worker.backend.host}" for group in WORKER_GROUPS}
+    return nodes <= set(inspect(worker, "ping", timeout=3))
+
+
+def broker_pid(broker):
+    return int(broker.check_output(f"systemctl show -p MainPID --value {BROKER_SERVICE}"))
+
+
+# --- 1. A worker killed mid-task ---------------------------------------------------------------
+
+def test_drill_a_worker_killed_mid_task_still_gets_its_task_done(clients, workers):
+    """kill -9 of the worker's main process and its pool (as the OOM killer or a crash leaves it):
+    with late acks the broker hands the task out again (RabbitMQ when the connection drops, Redis
+    after the ack timeout), and the process manager brings the worker back."""
+    worker = workers[0]
+    node = f"long@{worker.backend.host}"
+    (task_id,) = send_tracked(clients[0], 1, seconds=8, queue="long")
+    running = wait_until(lambda: any(t["id"] == task_id for t in inspect(worker, "active", node, 2).get(node, [])), 30, 0.5)
+    assert running, f"task {task_id} never started on {node}"
+
+    before = worker_pids(worker)["worker-long"]
+    killed_at = time.monotonic()
+    worker.check_output(f"pkill -KILL -P {before}; kill -KILL {before}")
+    assert executions(workers, [task_id])[task_id] == 0, "the task finished before the kill: the drill proved nothing"
+
+    def replaced():
+        state, pid = processes(worker)["worker-long"]
+        return state == "RUNNING" and pid != before and nodes_answer(worker)
+
+    back = wait_until(replaced, 90, 1)
+    back_after = round(time.monotonic() - killed_at, 1)
+    assert back, f"worker-long did not come back after kill -9: {processes(worker)}"
+    done = wait_until(lambda: all_ran(workers, [task_id]), 150, 2)
+    report("kill-9", task=task_id, runs=(done or {}).get(task_id, 0), worker_back_s=back_after,
+           completed_after_s=round(time.monotonic() - killed_at, 1), pid=f"{before}->{processes(worker)['worker-long'][1]}")
+    assert done, f"task {task_id} never ran after its worker was killed"
+
+
+# --- 2. A broker crash with a backlog ----------------------------------------------------------
+
+def test_drill_a_backlog_survives_a_broker_crash(brokers, clients, workers):
+    """Tasks queued with no consumer survive kill -9 of the broker: RabbitMQ's durable queues and
+    persistent messages, Redis's append-only file (fsync every second)."""
+    broker, worker = brokers[0], workers[0]
+    groups = [instance for instance in processes(worker) if instance.startswith("worker-")]
+    for instance in groups:
+        assert stop_process(worker, instance).rc == 0
+    try:
+        ids = send_tracked(clients[0], 300)
+        time.sleep(2)  # past Redis's one-second fsync of the append-only file
+        crashed = broker_pid(broker)
+        broker.check_output(f"kill -KILL {crashed}")
+        # systemd may restart it by itself (Restart=); either way it is started again here.
+        wait_until(lambda: broker_pid(broker) != crashed, 30, 0.2)
+        broker.check_output(f"systemctl start {BROKER_SERVICE}")
+        assert wait_until(lambda: broker.run(f"systemctl is-active {BROKER_SERVICE}").stdout.strip() == "active", 120, 1)
+        restarted = broker_pid(broker)
+        assert restarted != crashed
+    finally:
+        for instance in groups:
+            start_process(worker, instance)
+    started = time.monotonic()
+    counts = wait_until(lambda: all_ran(workers, ids), 180, 2) or executions(workers, ids)
+    lost = sum(1 for n in counts.values() if n == 0)
+    report("broker-crash-backlog", sent=len(ids), ran=sum(1 for n in counts.values() if n), lost=lost,
+           duplicated=sum(1 for n in counts.values() if n > 1), drained_s=round(time.monotonic() - started, 1),
+           broker_pid=f"{crashed}->{restarted}")
+    assert lost == 0, f"{lost} of {len(ids)} queued tasks were lost with the broker"
+
+
+# --- 3. A broker outage -------------------------------------------------------------------------
+
+def test_drill_the_same_workers_consume_again_after_a_30_s_broker_outage(brokers, clients, workers):
+    broker, worker = brokers[0], workers[0]
+    before = worker_pids(worker)
+    broker.check_output(f"systemctl stop {BROKER_SERVICE}")
+    time.sleep(30)
+    broker.check_output(f"systemctl start {BROKER_SERVICE}")
+    assert wait_until(lambda: broker.run(f"systemctl is-active {BROKER_SERVICE}").stdout.strip() == "active", 120, 1)
+    returned = time.monotonic()
+    # Tasks sent once the broker is back, to every queue: each must be consumed by the same
+    # worker processes, reconnected on their own (Celery once stopped consuming after a Redis
+    # reconnect, celery/celery#7276).
+    ids = send_tracked(clients[0], 10) + send_tracked(clients[0], 2, queue="long")
+    counts = wait_until(lambda: all_ran(workers, ids), 90, 1)
+    consumed_after = round(time.monotonic() - returned, 1)
+    after = worker_pids(worker)
+    report("broker-outage-30s", sent=len(ids), ran=sum(1 for n in (counts or executions(workers, ids)).values() if n),
+           consumed_within_s=consumed_after, same_pids=before == after)
+    assert counts, f"workers did not consume again within 90 s of the broker's return: {executions(workers, ids)}"
+    assert after == before, f"the workers were restarted ({before} -> {after}); they must reconnect by themselves"
+
+
+# --- 4. Restarted hosts -------------------------------------------------------------------------
+
+def test_drill_restarted_hosts_come_back_on_their_own(brokers, clients, workers):
+    """docker restart of the broker and worker containers: systemd boots them, the broker, the
+    process manager, the workers and beat start at boot, and tasks flow with nobody's help."""
+    names = [h.backend.host for h in brokers + workers]
+    started = time.monotonic()
+    subprocess.run(["docker", "restart", "--time", "60", *names], check=True, capture_output=True, timeout=180)
+    for name in names:
+        booted = subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
+                                capture_output=True, text=True, timeout=180)
+        assert booted.stdout.strip() in ("running", "degraded"), (name, booted.stdout, booted.stderr)
+    worker = workers[0]
+    assert wait_until(lambda: nodes_answer(worker), 120, 2), processes(worker)
+    back = round(time.monotonic() - started, 1)
+    assert processes(worker)["beat"][0] == "RUNNING"
+    ids = send_tracked(clients[0], 10)
+    counts = wait_until(lambda: all_ran(workers, ids), 60, 1)
+    heartbeat = json.loads(worker.check_output("cat /var/lib/celery/fleetapp-heartbeat.json"))
+    beat_after = wait_until(lambda: json.loads(worker.check_output("cat /var/lib/celery/fleetapp-heartbeat.json"))["at"]
+                            > time.time() - 15, 40, 2)
+    report("host-restart", hosts=len(names), workers_answer_after_s=back, sent=len(ids),
+           ran=sum(1 for n in (counts or {}).values() if n), beat_ticking=bool(beat_after))
+    assert counts, f"tasks did not flow after the restart: {executions(workers, ids)}"
+    assert beat_after, f"beat's heartbeat did not run after the restart: {heartbeat}"
+
+
+# --- 5. Bad input -------------------------------------------------------------------------------
+
+def bad_requirements():
+    path = INVENTORY_DIR.parent / "drills-unpinned-requirements.txt"
+    path.write_text("celery\n")
+    return str(path)
+
+
+def two_beat_hosts():
+    path = INVENTORY_DIR.parent / "drills-two-beat-hosts.yml"
+    path.write_text(json.dumps({"beat": {"hosts": {"drills-broker1": {}}}}))
+    return str(path)
+
+
+# (what is wrong, the extra variables that say it, what the message must name). Extra variables
+# go as JSON, so numbers stay numbers.
+BAD_INPUTS = [
+    ("unknown broker", {"celery_broker": "kafka"}, "celery_broker"),
+    ("unknown process manager", {"celery_process_manager": "runit"}, "celery_process_manager"),
+    ("empty password", {"celery_broker_password": ""}, "celery_broker_password"),
+    ("default password", {"celery_broker_password": "guest"}, "celery_broker_password"),
+    ("two beat hosts", "TWO_BEAT_HOSTS", "`beat` group has 2 hosts"),
+    ("ack timeout shorter than the task time limit", {"celery_broker_ack_timeout": 20}, "celery_broker_ack_timeout"),
+    ("duplicate worker group names",
+     {"celery_worker_groups": [{"name": "default", "queues": ["a"]}, {"name": "default", "queues": ["b"]}]}, "celery_worker_groups"),
+    ("malformed queues", {"celery_worker_groups": [{"name": "default", "queues": "celery long"}]}, "queues"),
+    ("negative concurrency", {"celery_worker_groups": [{"name": "default", "queues": ["celery"], "concurrency": -2}]}, "concurrency"),
+    ("unresolvable broker host", {"celery_broker_host": "no-such-broker.invalid"}, "celery_broker_host"),
+    ("zero task time limit", {"celery_app_task_time_limit": 0}, "celery_app_task_time_limit"),
+    ("workers as root", {"celery_app_user": "root"}, "celery_app_user"),
+    ("app name with spaces", {"celery_app_name": "Fleet App"}, "celery_app_name"),
+    ("unpinned requirement", "BAD_REQUIREMENTS", "celery_app_requirements"),
+    ("a Celery setting in the app's environment", {"celery_app_env": {"CELERY_BROKER_URL": "x"}}, "celery_app_env"),
+    ("unknown log level", {"celery_worker_loglevel": "loud"}, "celery_worker_loglevel"),
+]
+
+
+def host_state(h):
+    """What a changed host would show: files under /etc and /opt newer than the drill's marker,
+    and the main PIDs of the broker and of the app's processes."""
+    changed = h.check_output("find /etc /opt -newer /run/celery-fleet-drill-marker -print 2>/dev/null | head -20")
+    pids = h.check_output(f"systemctl show -p MainPID --value {BROKER_SERVICE} 2>/dev/null || true")
+    return changed, pids, sorted(celery_main_processes(h, "worker") + celery_main_processes(h, "beat"))
+
+
+def test_drill_bad_inputs_fail_before_any_host_changes(brokers, workers):
+    hosts = brokers + workers
+    for h in hosts:
+        h.check_output("touch /run/celery-fleet-drill-marker")
+    time.sleep(1.1)  # find's -newer compares whole seconds on some filesystems
+    before = {h.backend.host: host_state(h) for h in hosts}
+    # The two cases that need a file: a second inventory that adds a beat host, and requirements.
+    special = {"TWO_BEAT_HOSTS": ["-i", two_beat_hosts()],
+               "BAD_REQUIREMENTS": ["-e", json.dumps({"celery_app_requirements": bad_requirements()})]}
+
+    def attempt(case):
+        name, variables, expected = case
+        extra = special[variables] if isinstance(variables, str) else ["-e", json.dumps(variables)]
+        return name, expected, ansible_playbook("site.yml", *extra)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(attempt, BAD_INPUTS))
+    problems = []
+    for name, expected, done in results:
+        out = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)
+        recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", out, re.M)
+        if done.returncode == 0:
+            problems.append(f"{name}: the play succeeded")
+        elif expected not in out:
+            problems.append(f"{name}: the failure does not name {expected!r}: {out[-1500:]}")
+        elif any(changed != "0" for _, changed in recap):
+            problems.append(f"{name}: a host changed before the failure: {recap}")
+    after = {h.backend.host: host_state(h) for h in hosts}
+    report("bad-input", cases=len(BAD_INPUTS), refused=len(BAD_INPUTS) - len(problems),
+           hosts_unchanged=after == before, took_s=round(time.monotonic() - started, 1))
+    assert not problems, "\n".join(problems)
+    assert after == before, f"a host changed: {before} -> {after}"
+
+
+# --- 6. Security ----------------------------------------------------------------------------------
+
+def test_drill_secrets_are_readable_only_by_their_owners(brokers, clients, workers):
+    files = [(h, ENV_FILE) for h in workers + clients]
+    for broker in brokers:
+        files.append((broker, "/var/lib/rabbitmq/.erlang.cookie" if BROKER == "rabbitmq" else "/etc/redis/redis.conf"))
+    for h, path in files:
+        mode = int(h.check_output(f"stat -c %a {path}"), 8)
+        assert mode & 0o007 == 0, f"{path} on {h.backend.host} is readable by others ({oct(mode)})"
+        assert h.run(f"runuser -u nobody -- cat {path}").rc != 0, f"nobody can read {path}"
+    report("secret-files", checked=len(files))
+
+
+def test_drill_no_celery_process_runs_as_root(workers):
+    for worker in workers:
+        rows = worker.check_output("ps -eo user=,args=").splitlines()
+        celery = [row for row in rows if re.search(r"/celery --app=", row)]
+        assert celery and all(row.split()[0] == "celery" for row in celery), celery
+
+
+def test_drill_a_verbose_run_prints_no_secret():
+    # The lab's generated secrets: the broker password (Redis and RabbitMQ), the Erlang cookie.
+    secrets = {path.name: path.read_text().strip() for path in (INVENTORY_DIR / ".secrets").iterdir()}
+    assert "broker_password" in secrets and all(len(value) >= 16 for value in secrets.values()), secrets.keys()
+    if BROKER == "rabbitmq":
+        assert "erlang_cookie" in secrets
+    done = ansible_playbook("site.yml", "-vvv")
+    out = done.stdout + done.stderr
+    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", done.stdout), re.M)
+    leaked = [name for name, value in secrets.items() if value in out]
+    report("verbose-run", lines=out.count("\n"), leaked=leaked or "none", changed=sum(int(c) for _, c in recap))
+    assert done.returncode == 0, out[-3000:]
+    assert not leaked, f"-vvv printed {leaked}: " + "; ".join(
+        line[:200] for line in out.splitlines() if any(v in line for v in secrets.values()))[:3000]
