@@ -19,7 +19,7 @@ export FLEET_BROKER := $(BROKER)
 export FLEET_PROCESS_MANAGER := $(PM)
 export FLEET_RESULT_BACKEND := $(RESULTS)
 
-.PHONY: setup lab lab-down demo client-env test lint syntax unit molecule clean
+.PHONY: setup lab lab-down demo client-env test lint syntax unit molecule clean bench
 
 setup: $(VENV)/.complete
 
@@ -73,3 +73,10 @@ molecule: setup
 
 clean: lab-down
 	rm -rf .cache
+
+# The benchmarks (not part of `make test`; about 30 minutes): raw timings in bench/results/,
+# tables in BENCHMARKS.md.
+bench: setup
+	python bench/bench.py provision
+	python bench/bench.py throughput
+	python bench/bench.py report
