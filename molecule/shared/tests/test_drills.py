@@ -181,7 +181,8 @@ def test_drill_restarted_hosts_come_back_on_their_own(brokers, clients, workers)
     worker = workers[0]
     assert wait_until(lambda: nodes_answer(worker), 120, 2), processes(worker)
     back = round(time.monotonic() - started, 1)
-    assert processes(worker)["beat"][0] == "RUNNING"
+    # supervisor reports STARTING until a program has run startsecs: wait for RUNNING.
+    assert wait_until(lambda: processes(worker)["beat"][0] == "RUNNING", 60, 1), processes(worker)
     ids = send_tracked(clients[0], 10)
     counts = wait_until(lambda: all_ran(workers, ids), 60, 1)
     heartbeat = json.loads(worker.check_output("cat /var/lib/celery/fleetapp-heartbeat.json"))
