@@ -74,7 +74,7 @@ molecule: setup
 clean: lab-down
 	rm -rf .cache
 
-# The benchmarks (not part of `make test`; about 30 minutes): raw timings in bench/results/,
+# The benchmarks (not part of `make test`; about 35 minutes on 2 cores): raw timings in bench/results/,
 # tables in BENCHMARKS.md.
 bench: setup
 	python bench/bench.py provision
