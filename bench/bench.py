@@ -268,6 +268,59 @@ def throughput(args):
     lab("destroy.yml", workers)
 
 
+# One setting at a time back to Celery's default, to price each where the fleet is slower than
+# stock Celery: (label, environment override for the workers and the client).
+SETTINGS = {
+    "acks_late off": {"CELERY_TASK_ACKS_LATE": "false"},
+    "prefetch 4 (Celery's default)": {"CELERY_WORKER_PREFETCH_MULTIPLIER": "4"},
+    "result_extended off": {"CELERY_RESULT_EXTENDED": "false"},
+    "worker_direct off": {"CELERY_WORKER_DIRECT": "false"},
+}
+CONFIRMS_OFF = {"publisher confirms off": {"CELERY_BROKER_TRANSPORT_OPTIONS": '{"confirm_publish": false}'}}
+ENV_FILE = "/etc/celery-fleet/fleetapp.env"
+
+
+def with_override(names, override):
+    """Restart the fleet's workers with `override` appended to their environment file (the last
+    assignment wins when the launcher sources it); an empty override restores the file."""
+    for host in names:
+        docker_exec(host, f"test -f {ENV_FILE}.bench || cp -p {ENV_FILE} {ENV_FILE}.bench; cp -p {ENV_FILE}.bench {ENV_FILE}")
+        for name, value in override.items():
+            docker_exec(host, f"printf \"%s='%s'\\n\" {name} '{value}' >> {ENV_FILE}")
+        docker_exec(host, "supervisorctl restart all >/dev/null")
+    wait_answering(names, "default")
+
+
+def settings(args):
+    """P4, priced: the deployed fleet with one of its settings at a time back to Celery's default."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    run(["bash", "lab/engine.sh"])
+    runs, workers = [], 2
+    names = hosts_for(workers)[1:]
+    for broker in args.brokers:
+        env = {"FLEET_BROKER": broker, "FLEET_CLIENT_ENV": str(WORK / f"client-{broker}.env")}
+        log(f"{broker}: fresh hosts, site.yml, client environment")
+        fresh_hosts(workers)
+        site(inventory(workers), env=env)
+        run(["ansible-playbook", "-i", str(inventory(workers)), "playbooks/client_env.yml"], env=env)
+        client_env = dict(re.findall(r"^([A-Z_][A-Z0-9_]*)='([^']*)'$", Path(env["FLEET_CLIENT_ENV"]).read_text(), re.M))
+        variants = {"deployed fleet": {}, **SETTINGS, **(CONFIRMS_OFF if broker == "rabbitmq" else {})}
+        for round_ in range(1, args.rounds + 1):
+            for label, override in variants.items():
+                with_override(names, override)
+                clean = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FLEET_APP"))}
+                done = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput_client.py"), "fleet", str(args.tasks)],
+                                      env=dict(clean, **client_env, **override), capture_output=True, text=True, timeout=900)
+                if done.returncode != 0:
+                    sys.exit(f"the client failed with {label}: {done.stderr[-3000:]}")
+                figure = json.loads(done.stdout)
+                runs.append({"benchmark": "settings", "broker": broker, "variant": label, "round": round_, **figure})
+                log(f"{broker}, round {round_}: {label} {figure['per_second']} tasks/s")
+                write(runs, args, "settings")
+        with_override(names, {})
+    lab("destroy.yml", workers)
+
+
 def machine():
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -292,7 +345,7 @@ def summary(values):
 
 def report(_args):
     text = (ROOT / "BENCHMARKS.md").read_text()
-    for name, render in (("provision", provision_table), ("throughput", throughput_table)):
+    for name, render in (("provision", provision_table), ("throughput", throughput_table), ("settings", settings_table)):
         path = RESULTS / f"{name}.json"
         if not path.exists():
             continue
@@ -351,6 +404,17 @@ def throughput_table(data):
     return "\n".join(rows) + "\n"
 
 
+def settings_table(data):
+    by = {}
+    for r in data["runs"]:
+        by.setdefault((r["broker"], r["variant"]), []).append(r["per_second"])
+    rows = ["| Broker | Variant | Tasks/s | vs the deployed fleet |", "|---|---|---|---|"]
+    for (broker, variant), values in by.items():
+        base = summary(by[(broker, "deployed fleet")])["median"]
+        rows.append(f"| {broker} | {variant} | {fmt(values, '')} | {summary(values)['median'] / base:.2f} |")
+    return "\n".join(rows) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -363,6 +427,11 @@ def main():
     t.add_argument("--tasks", type=int, default=2000)
     t.add_argument("--rounds", type=int, default=3)
     t.set_defaults(func=throughput)
+    c = commands.add_parser("settings", help="P4 priced: the fleet with one setting at a time back to Celery's default")
+    c.add_argument("--brokers", nargs="+", default=["redis", "rabbitmq"])
+    c.add_argument("--tasks", type=int, default=2000)
+    c.add_argument("--rounds", type=int, default=3)
+    c.set_defaults(func=settings)
     commands.add_parser("report", help="write BENCHMARKS.md's tables from bench/results").set_defaults(func=report)
     args = parser.parse_args()
     args.func(args)
