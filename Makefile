@@ -19,7 +19,7 @@ export FLEET_BROKER := $(BROKER)
 export FLEET_PROCESS_MANAGER := $(PM)
 export FLEET_RESULT_BACKEND := $(RESULTS)
 
-.PHONY: setup browser lab lab-down demo client-env test lint syntax unit molecule clean bench
+.PHONY: setup browser lab lab-down demo client-env test lint syntax unit molecule clean bench bench-settings
 
 setup: $(VENV)/.complete
 
@@ -85,4 +85,9 @@ clean: lab-down
 bench: setup
 	python bench/bench.py provision
 	python bench/bench.py throughput
+	python bench/bench.py report
+
+# What each of the fleet's settings costs in throughput, one at a time (about 15 minutes).
+bench-settings: setup
+	python bench/bench.py settings
 	python bench/bench.py report

@@ -2,6 +2,8 @@
 """celery-fleet's benchmarks (`make bench`): provisioning against a bare-script floor.
 
     python bench/bench.py provision [--workers 2 4 8] [--rounds 3]
+    python bench/bench.py throughput [--brokers redis rabbitmq] [--tasks 2000] [--rounds 3]
+    python bench/bench.py settings [--brokers redis rabbitmq] [--tasks 2000] [--rounds 3]
     python bench/bench.py report
 
 `provision` measures, for each worker count N (hosts: one broker and N workers, fresh from the
@@ -12,7 +14,10 @@ lab's base image for every run, made by lab/create.yml like every other lab):
   P2     after each cold site.yml: a second run (it must report changed=0), then a run with one
          worker group's concurrency changed, which must restart that group's program only
          (compared by main PIDs).
-Raw timings go to bench/results/provision.json (machine, date, commit, every run); `report`
+`throughput` (P4) measures tasks per second through the deployed fleet against stock Celery
+started by hand on the same hosts; `settings` prices the fleet's settings one at a time (each
+back to Celery's default) where the fleet is slower.
+Raw timings go to bench/results/<name>.json (machine, date, commit, every run); `report`
 writes BENCHMARKS.md's tables from the results. Broker Redis, workers under supervisor (the
 lab's defaults). Every address touched is a lab container's on the benchmark's own network.
 """
@@ -202,7 +207,7 @@ def reruns(inv, workers, round_):
 STOCK_WORKER = (
     "set -a; . /etc/celery-fleet/fleetapp.env; set +a; "
     "exec env -i HOME=/var/lib/celery PATH=/usr/bin:/bin CELERY_BROKER_URL=\"$CELERY_BROKER_URL\" "
-    "CELERY_RESULT_BACKEND=\"$CELERY_RESULT_BACKEND\" runuser -u celery -- /opt/fleetapp/current/venv/bin/celery "
+    "CELERY_RESULT_BACKEND=\"$CELERY_RESULT_BACKEND\" /usr/sbin/runuser -u celery -- /opt/fleetapp/current/venv/bin/celery "
     "-A fleetapp {command}"
 )
 
@@ -331,7 +336,8 @@ def machine():
 
 def write(runs, args, name="provision"):
     commit = run(["git", "rev-parse", "HEAD"]).stdout.strip()
-    dirty = bool(run(["git", "status", "--porcelain"]).stdout.strip())
+    # The results themselves do not count: they change with every run.
+    dirty = bool(run(["git", "status", "--porcelain", "--", ".", ":!bench/results"]).stdout.strip())
     document = {"name": name, "machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "commit": commit + ("+dirty" if dirty else ""), "rounds": args.rounds, "runs": runs}
     with tempfile.NamedTemporaryFile("w", dir=RESULTS, delete=False) as tmp:
