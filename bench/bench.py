@@ -315,7 +315,7 @@ def settings(args):
                 with_override(names, override)
                 clean = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FLEET_APP"))}
                 done = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput_client.py"), "fleet", str(args.tasks)],
-                                      env=dict(clean, **client_env, **override), capture_output=True, text=True, timeout=900)
+                                      env={**clean, **client_env, **override}, capture_output=True, text=True, timeout=900)
                 if done.returncode != 0:
                     sys.exit(f"the client failed with {label}: {done.stderr[-3000:]}")
                 figure = json.loads(done.stdout)
