@@ -38,7 +38,8 @@ pytestmark = pytest.mark.monitoring
 INVENTORY_DIR = Path(os.environ.get("MOLECULE_INVENTORY_FILE", "/nonexistent")).parent
 # The scenario serves Flower under a path (celery_flower_url_prefix), as part of an existing site.
 PREFIX = "/" + os.environ["FLEET_FLOWER_URL_PREFIX"].strip("/") if os.environ.get("FLEET_FLOWER_URL_PREFIX") else ""
-ARTIFACTS = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/tmp")) / "artifacts"
+# Screenshots stay after the scenario's hosts are gone: .cache/artifacts/<scenario>/ (ignored by git).
+ARTIFACTS = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")) / ".cache" / "artifacts" / os.environ.get("MOLECULE_SCENARIO_NAME", "")
 BROKER_SERVICE = "rabbitmq-server" if BROKER == "rabbitmq" else "redis-server"
 
 
@@ -92,9 +93,13 @@ def metric_total(text, type_, task):
 
 
 def send_adds(client, count):
-    """Send `count` add tasks from the client host and wait for their results; returns the ids."""
+    """Send `count` add tasks from the client host and wait for their results; returns the ids.
+
+    The client takes the app from celery_fleet, as a client of the fleet does (README), so it gets
+    the environment file's settings: task-sent events among them (a bare import of the module
+    configures nothing: `celery_fleet.app` loads and configures the app on first use)."""
     code = (
-        "import json; from fleetapp.tasks import add\n"
+        "import json; from celery_fleet import app; from fleetapp.tasks import add\n"
         f"results = [add.delay(i, 1) for i in range({count})]\n"
         "assert [r.get(timeout=60) for r in results] == [i + 1 for i in range(%d)]\n"
         "print(json.dumps([r.id for r in results]))" % count
@@ -221,7 +226,8 @@ def test_a_browser_logs_in_sees_every_worker_and_finds_a_task(base, login, clien
         expected = {f"{g}@{hostname(w)}" for w in workers for g in WORKER_GROUPS}
         WebDriverWait(browser, 60).until(lambda b: all(node in b.page_source for node in expected))
         rows = browser.find_elements(By.CSS_SELECTOR, "#workers-table tbody tr")
-        online = {row.find_element(By.CSS_SELECTOR, "td").text.strip(): row.text for row in rows}
+        # A long node name wraps in its cell: compare without white space.
+        online = {re.sub(r"\s+", "", row.find_element(By.CSS_SELECTOR, "td").text): row.text for row in rows}
         assert expected <= set(online), online
         assert all("Online" in online[node] for node in expected), online
         browser.save_screenshot(str(ARTIFACTS / "flower-workers.png"))
