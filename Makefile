@@ -19,7 +19,7 @@ export FLEET_BROKER := $(BROKER)
 export FLEET_PROCESS_MANAGER := $(PM)
 export FLEET_RESULT_BACKEND := $(RESULTS)
 
-.PHONY: setup lab lab-down demo client-env test lint syntax unit molecule clean bench bench-settings
+.PHONY: setup browser lab lab-down demo client-env test lint syntax unit molecule clean bench bench-settings
 
 setup: $(VENV)/.complete
 
@@ -31,6 +31,12 @@ $(VENV)/.complete: requirements-dev.txt requirements.yml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(VENV)/bin/ansible-galaxy collection install -r requirements.yml
 	touch $@
+
+# The monitoring tests drive a real browser: Debian's chromium and its matching driver (a test
+# tool's own browser download does not work here).
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
 # The lab: a Docker engine, the Debian 12 systemd image and the hosts of inventory/lab/.
 lab: setup
@@ -64,7 +70,7 @@ unit: setup
 	cd app && python -m pytest -q
 	python -m pytest -q tests
 
-molecule: setup
+molecule: setup browser
 	for scenario in $(SCENARIOS); do molecule test --scenario-name "$$scenario"; done
 	for run in $(DRILLS); do \
 	  IFS=: read -r broker manager from <<< "$$run"; \

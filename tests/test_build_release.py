@@ -89,3 +89,26 @@ def test_dependencies_are_resolved_for_the_targets_python_not_this_one(tmp_path)
     with tarfile.open(json.loads(done.stdout)["archive"]) as tar:
         pinned = tar.extractfile("wheelhouse/requirements.txt").read().decode().split()
     assert "redis==8.1.0" in pinned and "async-timeout==5.0.1" in pinned, pinned
+
+
+def test_an_extra_tool_is_resolved_with_the_app_into_its_own_set(tmp_path):
+    done = build(tmp_path, TUTORIAL, "--extra", "flower==2.2.0")
+    assert done.returncode == 0, done.stderr
+    release = json.loads(done.stdout)
+    assert release["extras"] == ["flower==2.2.0"]
+    with tarfile.open(release["archive"]) as tar:
+        names = set(tar.getnames())
+        app = tar.extractfile("wheelhouse/requirements.txt").read().decode().split()
+        tools = tar.extractfile("wheelhouse/extras.txt").read().decode().split()
+    # The app's venv gets the app's set only; the tool's set is the app's plus the tool's.
+    assert not any(p.startswith(("flower==", "tornado==")) for p in app), app
+    assert "flower==2.2.0" in tools and set(app) <= set(tools), (app, tools)
+    assert all(any(n.startswith(f"wheelhouse/{p.split('==')[0].replace('-', '_')}-") for n in names) for p in tools), names
+    without = build(tmp_path, TUTORIAL)
+    assert json.loads(without.stdout)["release"] != release["release"], "the extras are part of the release's hash"
+
+
+def test_an_unpinned_extra_is_refused(tmp_path):
+    done = build(tmp_path, TUTORIAL, "--extra", "flower")
+    assert done.returncode == 2
+    assert done.stderr.startswith("celery_app_extra_requirements: pin every extra requirement"), done.stderr

@@ -33,6 +33,9 @@ def test_example_inventory_names_only_example_hosts(env):
             assert any(address in net for net in DOCUMENTATION_RANGES), (name, address)
         # Secrets come from the vault file, never from the inventory in clear.
         assert variables["celery_broker_password"] == "{{ vault_celery_broker_password }}"
+        flower = [variables.get("celery_flower_cookie_secret"), variables.get("celery_flower_broker_api_password")] + [
+            user["password"] for user in variables.get("celery_flower_users", [])]
+        assert all(value is None or value.startswith("{{ vault_") for value in flower), name
         assert variables["ansible_become"] is True and variables["ansible_user"] != "root"
 
 

@@ -7,8 +7,10 @@ import pytest
 import yaml
 
 ROLES = sorted(p for p in (Path(__file__).parent.parent / "roles").iterdir() if p.is_dir())
-# Required inputs have no default on purpose; they must still be in the spec and README.
-REQUIRED = {"celery_broker_password", "redis_password", "rabbitmq_erlang_cookie"}
+# Secrets have no default on purpose (some are needed only in some setups, such as the RabbitMQ
+# API password with Flower); they must still be in the spec and README.
+REQUIRED = {"celery_broker_password", "redis_password", "rabbitmq_erlang_cookie", "celery_flower_cookie_secret",
+            "celery_flower_broker_api_password"}
 
 
 def load(path):

@@ -42,11 +42,13 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "django: needs the Django project (app django)")
     config.addinivalue_line("markers", "staging_ssh: needs hosts reached over SSH (scenario staging-ssh)")
     config.addinivalue_line("markers", "drills: failure drills (scenario drills)")
+    config.addinivalue_line("markers", "monitoring: Flower, its metrics and the health check (scenarios with a flower group)")
 
 
 def pytest_collection_modifyitems(items):
-    # The drills restart brokers and hosts: they run after every other test of the scenario.
-    items.sort(key=lambda item: item.get_closest_marker("drills") is not None)
+    # The drills restart brokers and hosts, and the monitoring tests stop the broker and a worker
+    # group: they run after every other test of the scenario.
+    items.sort(key=lambda item: (item.get_closest_marker("drills") is not None, item.get_closest_marker("monitoring") is not None))
 
 
 def ansible_playbook(playbook, *extra):

@@ -19,6 +19,7 @@ from conftest import (
     RUN,
     WORKER_GROUPS,
     celery_main_processes,
+    group,
     hostname,
     inspect,
     listening,
@@ -104,8 +105,10 @@ def test_rabbitmq_refuses_guest_and_wrong_passwords(brokers, settings):
             assert amqp_login(broker, f"amqp://guest:guest@{target}:5672//") == "AccessRefused"
         assert amqp_login(broker, f"amqp://{url.username}:not-the-password@{address}:5672{url.path}") == "AccessRefused"
         assert amqp_login(broker, f"amqp://{url.username}:{url.password}@{address}:5672{url.path}") == "ok"
-        users = broker.check_output("rabbitmqctl list_users --silent --formatter json")
-        assert [u["user"] for u in json.loads(users)] == [url.username]
+        # The app's user, and with Flower the management API's, which may only look (its tag).
+        users = {u["user"]: u["tags"] for u in json.loads(broker.check_output("rabbitmqctl list_users --silent --formatter json"))}
+        expected = {url.username: []} | ({"flower-monitor": ["monitoring"]} if group("flower") else {})
+        assert users == expected, users
         timeout = broker.check_output("rabbitmqctl eval 'application:get_env(rabbit, consumer_timeout).'")
         assert timeout.strip() == f"{{ok,{ACK_TIMEOUT * 1000}}}", timeout
 
@@ -136,13 +139,17 @@ def test_the_environment_carries_the_production_settings(settings):
 
 def test_every_process_runs_as_celery_under_the_chosen_manager(workers, beat_hosts):
     beat_names = {hostname(h) for h in beat_hosts}
+    flower_names = {hostname(h) for h in group("flower")}
     for worker in workers:
         found = processes(worker)
-        expected = {f"worker-{g}" for g in WORKER_GROUPS} | ({"beat"} if hostname(worker) in beat_names else set())
+        expected = ({f"worker-{g}" for g in WORKER_GROUPS} | ({"beat"} if hostname(worker) in beat_names else set())
+                    | ({"flower"} if hostname(worker) in flower_names else set()))
         assert set(found) == expected, found
         for instance, (state, pid) in found.items():
             assert state == "RUNNING" and pid > 0, (instance, state)
-            assert worker.check_output(f"ps -o user= -p {pid}").strip() == "celery"
+            # Flower has an account of its own, which cannot read the workers' files.
+            owner = "flower" if instance == "flower" else "celery"
+            assert worker.check_output(f"ps -o user= -p {pid}").strip() == owner
             if instance.startswith("worker-"):
                 children = worker.check_output(f"ps -o user= --ppid {pid}").split()
                 assert children and set(children) == {"celery"}, f"{instance}: pool processes {children}"
@@ -321,7 +328,7 @@ def test_the_status_action_reports_every_process_and_names_a_stopped_one(workers
         assert stopped.returncode == 0, stopped.stdout[-3000:]
         assert all(state != "RUNNING" for state, _ in processes(worker).values())
         down = workers_playbook("status", "--limit", name)
-        assert down.returncode != 0 and f"default@{name} does not answer" in down.stdout, down.stdout[-3000:]
+        assert down.returncode != 0 and f"worker group default (default@{name}) does not answer" in down.stdout, down.stdout[-3000:]
     finally:
         started = workers_playbook("start", "--limit", name)
     assert started.returncode == 0, started.stdout[-3000:]

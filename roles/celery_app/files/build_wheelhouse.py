@@ -7,7 +7,9 @@ directory, the tutorial's layout (modules at its root: they are shipped as sourc
 requirements are resolved here, for the targets' Python and platform rather than the control
 node's, into a wheel for every distribution the app needs; the archive holds
 
-    wheelhouse/   those wheels and a requirements.txt that installs exactly that set
+    wheelhouse/   those wheels and a requirements.txt that installs exactly that set; with
+                  --extra (tools that run beside the app, such as Flower), their wheels too and
+                  extras.txt, the app's set resolved together with them, for the tools' venvs
     boot/         celery_fleet.py, the entry point that loads and configures the app
     source/       the project's files, for an app without packaging metadata
 
@@ -76,9 +78,16 @@ def requirement_lines(path: Path | None) -> list[str]:
     return lines
 
 
+def extra_lines(args) -> list[str]:
+    unpinned = [line for line in args.extra if "==" not in line]
+    if unpinned:
+        raise BuildError(f"celery_app_extra_requirements: pin every extra requirement with ==; not pinned: {unpinned}")
+    return sorted(args.extra)
+
+
 def content_hash(args, requirements: Path | None) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([args.python_version, sorted(args.platform), args.celery]).encode())
+    digest.update(json.dumps([args.python_version, sorted(args.platform), args.celery, sorted(args.extra)]).encode())
     digest.update(Path(args.boot).read_bytes())
     if requirements is not None and requirements.exists():
         digest.update(requirements.read_bytes())
@@ -124,16 +133,16 @@ def missing_for_target(installs: list[dict]) -> list[str]:
 
 def resolve(args, lines: list[str], app_wheel: Path | None, scratch: Path) -> list[dict]:
     """Resolve the app's dependencies for the targets; returns pip's install report entries."""
-    extra: list[str] = []
+    added: list[str] = []
     for _ in range(5):
         report = scratch / "report.json"
         pip("install", "--dry-run", "--quiet", "--ignore-installed", "--report", str(report), "--target", str(scratch / "target"),
-            *target_options(args), *lines, *extra, *([str(app_wheel)] if app_wheel else []))
+            *target_options(args), *lines, *added, *([str(app_wheel)] if app_wheel else []))
         installs = json.loads(report.read_text())["install"]
         missing = missing_for_target(installs)
         if not missing:
             return installs
-        extra += missing
+        added += missing
     raise BuildError(f"celery_app_requirements: resolving for the targets' Python never settled; still missing {missing}")
 
 
@@ -148,7 +157,12 @@ def check_celery(args, installs: list[dict]) -> str:
     return versions["celery"]
 
 
-def build(args, digest: str, requirements: Path | None, lines: list[str]) -> dict:
+def pinned(installs: list[dict], app_name: str | None) -> list[str]:
+    return sorted(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in installs
+                  if canonicalize_name(i["metadata"]["name"]) != app_name)
+
+
+def build(args, digest: str, lines: list[str], extras: list[str]) -> dict:
     cache = Path(args.cache).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     found = sorted(cache.glob(f"*-{digest}.tar"))
@@ -167,19 +181,25 @@ def build(args, digest: str, requirements: Path | None, lines: list[str]) -> dic
         installs = resolve(args, lines, app_wheel, tmp)
         celery = check_celery(args, installs)
         app_name = canonicalize_name(app_wheel.name.split("-")[0]) if app_wheel else None
-        pins = sorted(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in installs
-                      if canonicalize_name(i["metadata"]["name"]) != app_name)
-        pip("download", "--no-deps", "--quiet", *target_options(args), "--dest", str(wheels), *pins)
+        pins = pinned(installs, app_name)
+        # The extras are resolved together with the app, so a tool's venv holds the app's own
+        # stack (Flower loads the app to connect as its workers do).
+        extra_pins = pinned(resolve(args, lines + extras, app_wheel, tmp), app_name) if extras else []
+        pip("download", "--no-deps", "--quiet", *target_options(args), "--dest", str(wheels), *sorted(set(pins + extra_pins)))
         if app_wheel:
             name, version = app_wheel.name.split("-")[:2]
             os.replace(app_wheel, wheels / app_wheel.name)
             requirement, release = f"{name}=={version}", f"{version}-{digest}"
         else:
             name, requirement, release = src.name, f"{src.name} (source) {digest}", f"source-{digest}"
-        (wheels / "requirements.txt").write_text("\n".join(pins + ([requirement] if app_wheel else [])) + "\n")
-        # The proof that targets need no index: the set installs from these files alone.
-        pip("install", "--dry-run", "--quiet", "--ignore-installed", "--no-index", "--find-links", str(wheels),
-            "--target", str(tmp / "target"), *target_options(args), "--requirement", str(wheels / "requirements.txt"))
+        sets = {"requirements.txt": pins}
+        if extras:
+            sets["extras.txt"] = extra_pins
+        for filename, names in sets.items():
+            (wheels / filename).write_text("\n".join(names + ([requirement] if app_wheel else [])) + "\n")
+            # The proof that targets need no index: each set installs from these files alone.
+            pip("install", "--dry-run", "--quiet", "--ignore-installed", "--no-index", "--find-links", str(wheels),
+                "--target", str(tmp / "target"), *target_options(args), "--requirement", str(wheels / filename))
 
         archive = cache / f"{canonicalize_name(name)}-{release}.tar"
         with tarfile.open(tmp / "partial.tar", "w") as tar:
@@ -188,7 +208,7 @@ def build(args, digest: str, requirements: Path | None, lines: list[str]) -> dic
             if not app_wheel:
                 for path in source_files(src):
                     tar.add(path, arcname=f"source/{path.relative_to(src)}", recursive=False)
-        meta = {"archive": str(archive), "release": release, "requirement": requirement, "celery": celery}
+        meta = {"archive": str(archive), "release": release, "requirement": requirement, "celery": celery, "extras": extras}
         os.replace(tmp / "partial.tar", archive)
         Path(str(archive) + ".json").write_text(json.dumps(meta))
     return dict(meta, changed=True)
@@ -204,6 +224,8 @@ def main() -> None:
     parser.add_argument("--cache", required=True, help="where archives are kept")
     parser.add_argument("--python-version", required=True, help="the targets' Python, in full (e.g. 3.11.2: markers depend on it)")
     parser.add_argument("--platform", action="append", default=[], help="a platform tag of the targets (repeatable)")
+    parser.add_argument("--extra", action="append", default=[],
+                        help="a pinned requirement of a tool that runs beside the app, e.g. flower==2.2.0 (repeatable)")
     ARGS = args = parser.parse_args()
     # Environment markers as the targets' interpreter (CPython on Linux x86_64) evaluates them.
     TARGET = {"python_version": ".".join(args.python_version.split(".")[:2]), "python_full_version": args.python_version,
@@ -218,7 +240,7 @@ def main() -> None:
         if not lines and not is_package(Path(args.src)):
             raise BuildError(f"celery_app_src: {args.src} has no pyproject.toml or setup.py and no requirements file "
                              f"({' or '.join(REQUIREMENT_FILES)}): name the app's requirements with celery_app_requirements")
-        print(json.dumps(build(args, content_hash(args, requirements), requirements, lines)))
+        print(json.dumps(build(args, content_hash(args, requirements), lines, extra_lines(args))))
     except BuildError as error:
         print(error, file=sys.stderr)
         sys.exit(2)

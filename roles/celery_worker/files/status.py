@@ -1,20 +1,29 @@
-"""Report one host's Celery processes: state, main PID, uptime, and for workers a ping.
+"""Report one host's part of the fleet's health, and fail naming what is wrong.
 
-Run by the celery_worker role through the app's launcher (`bin/run python -c ...`), as root:
+Run by the celery_worker role through the app's launcher (`bin/run python -c ...`), as root, so
+it reaches the broker with the app's own settings and credentials:
 
-    APP MANAGER PREFIX HOSTNAME INSTANCE...
+    APP MANAGER PREFIX HOSTNAME QUEUES BEAT_SCHEDULE BEAT_STALE INSTANCE...
 
-MANAGER is supervisor or systemd; each INSTANCE is worker-<group> or beat, the supervisor
-program PREFIX-INSTANCE or the unit PREFIX@INSTANCE.service. Prints one line per process and
-exits 1, naming them, when a process is not running or a worker node does not answer.
+MANAGER is supervisor or systemd; each INSTANCE is worker-<group>, beat or flower, the supervisor
+program PREFIX-INSTANCE or the unit PREFIX@INSTANCE.service. QUEUES (comma-separated) are the
+queues this host's worker groups consume. BEAT_SCHEDULE is beat's schedule file when beat runs
+here (else "-"): beat writes it as it ticks, so its age says when beat last worked; older than
+BEAT_STALE seconds is a failure. Prints one line per check and exits 1, naming every failing
+part: the broker, a worker group's node, a process, beat.
 """
 
+import glob
+import os
 import subprocess
 import sys
+import time
 
 from celery.app.utils import find_app
 
-app_name, manager, prefix, hostname, *instances = sys.argv[1:]
+app_name, manager, prefix, hostname, queues, beat_schedule, beat_stale, *instances = sys.argv[1:]
+app = find_app(app_name)
+trouble = []
 
 
 def state_and_pid(instance):
@@ -34,19 +43,52 @@ def uptime(pid):
     return f"{int(out)} s" if out else "?"
 
 
+def depth(connection, queue):
+    """Messages waiting in QUEUE, and its consumers where the broker counts them (RabbitMQ)."""
+    channel = connection.default_channel
+    if connection.transport.driver_type == "redis":
+        return channel._size(queue), None  # kombu's own count over the queue's priority lists
+    declared = channel.queue_declare(queue=queue, passive=True)
+    return declared.message_count, declared.consumer_count
+
+
+# The broker, with the app's own URL and credentials (shown without the password).
+broker = app.connection_for_write()
+where = broker.as_uri()
+try:
+    broker.ensure_connection(max_retries=1, timeout=5)
+    print(f"broker {where}: reachable")
+    for queue in filter(None, queues.split(",")):
+        messages, consumers = depth(broker, queue)
+        print(f"queue {queue}: {messages} waiting" + ("" if consumers is None else f", {consumers} consumers"))
+    reachable = True
+except Exception as error:  # noqa: BLE001 - any failure to reach it is the finding
+    print(f"broker {where}: UNREACHABLE ({type(error).__name__}: {error})")
+    trouble.append(f"the broker {where} is unreachable")
+    reachable = False
+finally:
+    broker.release()
+
 nodes = [f"{i[len('worker-'):]}@{hostname}" for i in instances if i.startswith("worker-")]
-answered = find_app(app_name).control.inspect(destination=nodes, timeout=3).ping() or {} if nodes else {}
-trouble = []
+answered = (app.control.inspect(destination=nodes, timeout=3).ping() or {}) if nodes and reachable else {}
 for instance in instances:
     state, pid = state_and_pid(instance)
     line = f"{instance}: {state}" + (f", pid {pid}, up {uptime(pid)}" if pid else "")
     if instance.startswith("worker-"):
-        node = f"{instance[len('worker-'):]}@{hostname}"
+        group, node = instance[len("worker-"):], f"{instance[len('worker-'):]}@{hostname}"
         line += ", ping " + ("ok" if node in answered else "NO ANSWER")
         if node not in answered:
-            trouble.append(f"{node} does not answer")
+            trouble.append(f"worker group {group} ({node}) does not answer")
     if state != "RUNNING":
         trouble.append(f"{instance} is {state}")
     print(line)
+
+if beat_schedule != "-":
+    files = glob.glob(glob.escape(beat_schedule) + "*")
+    age = time.time() - max(os.stat(f).st_mtime for f in files) if files else None
+    print(f"beat: last tick {'never' if age is None else f'{age:.0f} s ago'}")
+    if age is None or age > float(beat_stale):
+        trouble.append(f"beat has not ticked for {'ever' if age is None else f'{age:.0f} s'} (more than {beat_stale} s)")
+
 if trouble:
     sys.exit(f"{hostname}: " + "; ".join(trouble))
