@@ -174,10 +174,15 @@ def test_drill_restarted_hosts_come_back_on_their_own(brokers, clients, workers)
     names = [h.backend.host for h in brokers + workers]
     started = time.monotonic()
     subprocess.run(["docker", "restart", "--time", "60", *names], check=True, capture_output=True, timeout=180)
+    def booted(name):
+        # Right after the restart systemd may not take D-Bus connections yet ("Failed to connect
+        # to bus"): ask again until it answers, then --wait until the boot has finished.
+        state = subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
+                               capture_output=True, text=True, timeout=180)
+        return state.stdout.strip() in ("running", "degraded") and state
+
     for name in names:
-        booted = subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
-                                capture_output=True, text=True, timeout=180)
-        assert booted.stdout.strip() in ("running", "degraded"), (name, booted.stdout, booted.stderr)
+        assert wait_until(lambda: booted(name), 180, 2), (name, "never finished booting")
     worker = workers[0]
     assert wait_until(lambda: nodes_answer(worker), 120, 2), processes(worker)
     back = round(time.monotonic() - started, 1)

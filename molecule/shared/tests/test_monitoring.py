@@ -14,6 +14,7 @@ import shutil
 import urllib.error
 import urllib.request
 from base64 import b64encode
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -202,7 +203,8 @@ def test_metrics_count_every_task(base, clients):
 # --- A real browser ---------------------------------------------------------------------------------
 
 def test_a_browser_logs_in_sees_every_worker_and_finds_a_task(base, login, clients, workers):
-    webdriver = pytest.importorskip("selenium.webdriver")
+    # selenium is pinned in requirements-dev.txt: a missing one fails here, it is never skipped.
+    from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -240,6 +242,39 @@ def test_a_browser_logs_in_sees_every_worker_and_finds_a_task(base, login, clien
         assert (ARTIFACTS / "flower-tasks.png").stat().st_size > 10_000
     finally:
         browser.quit()
+
+
+# --- Bad settings are refused before any host changes --------------------------------------------
+
+FLOWER_BAD_INPUTS = [
+    ({"celery_flower_cookie_secret": ""}, "celery_flower_cookie_secret"),
+    ({"celery_flower_cookie_secret": "0123456789abcdef"}, "celery_flower_cookie_secret"),
+    ({"celery_flower_users": [{"name": "admin", "password": "changeme"}]}, "celery_flower_users"),
+    ({"celery_flower_users": [{"name": "admin", "password": "x" * 20, "state": "absent"}]}, "celery_flower_users"),
+    ({"celery_flower_metrics_allow": ["0.0.0.0/0"]}, "celery_flower_metrics_allow"),
+    ({"celery_flower_tls_certificate": "/etc/ssl/flower.crt"}, "celery_flower_tls_key"),
+    ({"celery_flower_url_prefix": "/flower/"}, "celery_flower_url_prefix"),
+] + ([({"celery_flower_broker_api_password": "short"}, "celery_flower_broker_api_password")] if BROKER == "rabbitmq" else [])
+
+
+def test_bad_flower_settings_fail_before_any_host_changes(flower):
+    config = "/etc/celery-fleet/fleetapp-flower.py"
+    before = flower.check_output(f"stat -c %Y {config}"), processes(flower)["flower"]
+
+    def attempt(case):
+        variables, expected = case
+        return expected, ansible_playbook("site.yml", "-e", json.dumps(variables))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(attempt, FLOWER_BAD_INPUTS))
+    problems = []
+    for expected, done in results:
+        out = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)
+        recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", out, re.M)
+        if done.returncode == 0 or expected not in out or any(changed != "0" for _, changed in recap):
+            problems.append(f"{expected}: rc={done.returncode} recap={recap} {out[-800:]}")
+    assert not problems, "\n".join(problems)
+    assert (flower.check_output(f"stat -c %Y {config}"), processes(flower)["flower"]) == before, "Flower changed"
 
 
 # --- Secrets in a verbose run --------------------------------------------------------------------
