@@ -241,18 +241,24 @@ def wait_answering(names, group):
             time.sleep(1)
 
 
+def converged_fleet(broker, workers):
+    """Fresh hosts with `broker`, converged by site.yml; returns the client environment (a dict)
+    that playbooks/client_env.yml writes for this machine."""
+    env = {"FLEET_BROKER": broker, "FLEET_CLIENT_ENV": str(WORK / f"client-{broker}.env")}
+    log(f"{broker}: fresh hosts, site.yml, client environment")
+    fresh_hosts(workers)
+    site(inventory(workers), env=env)
+    run(["ansible-playbook", "-i", str(inventory(workers)), "playbooks/client_env.yml"], env=env)
+    return dict(re.findall(r"^([A-Z_][A-Z0-9_]*)='([^']*)'$", Path(env["FLEET_CLIENT_ENV"]).read_text(), re.M))
+
+
 def throughput(args):
     RESULTS.mkdir(parents=True, exist_ok=True)
     run(["bash", "lab/engine.sh"])
     runs, workers = [], 2
     names = hosts_for(workers)[1:]
     for broker in args.brokers:
-        env = {"FLEET_BROKER": broker, "FLEET_CLIENT_ENV": str(WORK / f"client-{broker}.env")}
-        log(f"{broker}: fresh hosts, site.yml, client environment")
-        fresh_hosts(workers)
-        site(inventory(workers), env=env)
-        run(["ansible-playbook", "-i", str(inventory(workers)), "playbooks/client_env.yml"], env=env)
-        client_env = dict(re.findall(r"^([A-Z_][A-Z0-9_]*)='([^']*)'$", Path(env["FLEET_CLIENT_ENV"]).read_text(), re.M))
+        client_env = converged_fleet(broker, workers)
         for round_ in range(1, args.rounds + 1):
             for contender in ("fleet", "stock"):
                 if contender == "stock":
@@ -303,12 +309,7 @@ def settings(args):
     runs, workers = [], 2
     names = hosts_for(workers)[1:]
     for broker in args.brokers:
-        env = {"FLEET_BROKER": broker, "FLEET_CLIENT_ENV": str(WORK / f"client-{broker}.env")}
-        log(f"{broker}: fresh hosts, site.yml, client environment")
-        fresh_hosts(workers)
-        site(inventory(workers), env=env)
-        run(["ansible-playbook", "-i", str(inventory(workers)), "playbooks/client_env.yml"], env=env)
-        client_env = dict(re.findall(r"^([A-Z_][A-Z0-9_]*)='([^']*)'$", Path(env["FLEET_CLIENT_ENV"]).read_text(), re.M))
+        client_env = converged_fleet(broker, workers)
         variants = {"deployed fleet": {}, **SETTINGS, **(CONFIRMS_OFF if broker == "rabbitmq" else {})}
         for round_ in range(1, args.rounds + 1):
             for label, override in variants.items():
