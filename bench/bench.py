@@ -252,6 +252,17 @@ def converged_fleet(broker, workers):
     return dict(re.findall(r"^([A-Z_][A-Z0-9_]*)='([^']*)'$", Path(env["FLEET_CLIENT_ENV"]).read_text(), re.M))
 
 
+def client(mode, tasks, env):
+    """bench/throughput_client.py MODE TASKS on this machine, with `env` over an environment rid
+    of any CELERY_* or FLEET_APP* of our own; returns its figure (tasks per second...)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FLEET_APP"))}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput_client.py"), mode, str(tasks)],
+                          env={**clean, **env}, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        sys.exit(f"the {mode} client failed: {done.stderr[-3000:]}")
+    return json.loads(done.stdout)
+
+
 def throughput(args):
     RESULTS.mkdir(parents=True, exist_ok=True)
     run(["bash", "lab/engine.sh"])
@@ -263,14 +274,8 @@ def throughput(args):
             for contender in ("fleet", "stock"):
                 if contender == "stock":
                     stock_workers(names, concurrency=2)
-                client = {k: v for k, v in client_env.items()
-                          if contender == "fleet" or k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
-                clean = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FLEET_APP"))}
-                done = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput_client.py"), contender, str(args.tasks)],
-                                      env=dict(clean, **client), capture_output=True, text=True, timeout=900)
-                if done.returncode != 0:
-                    sys.exit(f"the {contender} client failed: {done.stderr[-3000:]}")
-                figure = json.loads(done.stdout)
+                figure = client(contender, args.tasks, {k: v for k, v in client_env.items()
+                                                        if contender == "fleet" or k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")})
                 runs.append({"benchmark": "throughput", "broker": broker, "contender": contender, "round": round_, **figure})
                 log(f"{broker}, round {round_}: {contender} {figure['per_second']} tasks/s")
                 if contender == "stock":
@@ -314,12 +319,7 @@ def settings(args):
         for round_ in range(1, args.rounds + 1):
             for label, override in variants.items():
                 with_override(names, override)
-                clean = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FLEET_APP"))}
-                done = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput_client.py"), "fleet", str(args.tasks)],
-                                      env={**clean, **client_env, **override}, capture_output=True, text=True, timeout=900)
-                if done.returncode != 0:
-                    sys.exit(f"the client failed with {label}: {done.stderr[-3000:]}")
-                figure = json.loads(done.stdout)
+                figure = client("fleet", args.tasks, {**client_env, **override})
                 runs.append({"benchmark": "settings", "broker": broker, "variant": label, "round": round_, **figure})
                 log(f"{broker}, round {round_}: {label} {figure['per_second']} tasks/s")
                 write(runs, args, "settings")
