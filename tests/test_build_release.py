@@ -112,3 +112,21 @@ def test_an_unpinned_extra_is_refused(tmp_path):
     done = build(tmp_path, TUTORIAL, "--extra", "flower")
     assert done.returncode == 2
     assert done.stderr.startswith("celery_app_extra_requirements: pin every extra requirement"), done.stderr
+
+
+def test_the_brokers_celery_extra_brings_what_its_transport_imports(tmp_path):
+    # The tutorial pins plain celery==5.7.0: kombu 5.7's Redis transport imports `redis` and
+    # `packaging`, which only celery[redis] brings, so its workers would die at start on Redis.
+    plain = build(tmp_path, TUTORIAL)
+    with_redis = build(tmp_path, TUTORIAL, "--celery-extra", "redis")
+    assert with_redis.returncode == 0, with_redis.stderr
+    release = json.loads(with_redis.stdout)
+    assert release["celery"] == "5.7.0" and release["release"] != json.loads(plain.stdout)["release"]
+    with tarfile.open(json.loads(plain.stdout)["archive"]) as tar:
+        plain_pins = {p.split("==")[0] for p in tar.extractfile("wheelhouse/requirements.txt").read().decode().split()}
+    with tarfile.open(release["archive"]) as tar:
+        pins = tar.extractfile("wheelhouse/requirements.txt").read().decode().split()
+        source = tar.extractfile("source/requirements.txt").read().decode()
+    assert not {"redis", "packaging"} & plain_pins, plain_pins
+    assert "celery==5.7.0" in pins and "redis==8.1.0" in pins and any(p.startswith("packaging==") for p in pins), pins
+    assert source == "celery==5.7.0\n", "the app's own requirements are shipped as written"

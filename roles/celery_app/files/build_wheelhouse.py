@@ -15,7 +15,9 @@ node's, into a wheel for every distribution the app needs; the archive holds
 
 Its name carries a hash of everything that went into it, so an unchanged app costs one hash and
 no download, and a changed one is a new release. Prints one JSON object: changed, archive,
-release, requirement, celery. Exits 2 with a message naming the problem when the requirements
+release, requirement, celery. With --celery-extra (the broker's: redis, sqs), the app's
+Celery is resolved with that extra, so an app that pins plain `celery==X` gets its transport's
+dependencies. Exits 2 with a message naming the problem when the requirements
 do not resolve to wheels, do not pin what they name, or bring a Celery this fleet does not run.
 """
 
@@ -87,7 +89,8 @@ def extra_lines(args) -> list[str]:
 
 def content_hash(args, requirements: Path | None) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([args.python_version, sorted(args.platform), args.celery, sorted(args.extra)]).encode())
+    digest.update(json.dumps([args.python_version, sorted(args.platform), args.celery, sorted(args.extra),
+                              sorted(args.celery_extra)]).encode())
     digest.update(Path(args.boot).read_bytes())
     if requirements is not None and requirements.exists():
         digest.update(requirements.read_bytes())
@@ -180,6 +183,11 @@ def build(args, digest: str, lines: list[str], extras: list[str]) -> dict:
             (app_wheel,) = (tmp / "app").glob("*.whl")
         installs = resolve(args, lines, app_wheel, tmp)
         celery = check_celery(args, installs)
+        if args.celery_extra:
+            # What the broker's transport imports (kombu's Redis transport needs `packaging`), at
+            # the app's own Celery: the app's requirements stay as its authors wrote them.
+            lines = lines + [f"celery[{','.join(sorted(args.celery_extra))}]=={celery}"]
+            installs = resolve(args, lines, app_wheel, tmp)
         app_name = canonicalize_name(app_wheel.name.split("-")[0]) if app_wheel else None
         pins = pinned(installs, app_name)
         # The extras are resolved together with the app, so a tool's venv holds the app's own
@@ -226,6 +234,8 @@ def main() -> None:
     parser.add_argument("--platform", action="append", default=[], help="a platform tag of the targets (repeatable)")
     parser.add_argument("--extra", action="append", default=[],
                         help="a pinned requirement of a tool that runs beside the app, e.g. flower==2.2.0 (repeatable)")
+    parser.add_argument("--celery-extra", action="append", default=[],
+                        help="an extra of Celery the broker or result backend needs, e.g. redis (repeatable)")
     ARGS = args = parser.parse_args()
     # Environment markers as the targets' interpreter (CPython on Linux x86_64) evaluates them.
     TARGET = {"python_version": ".".join(args.python_version.split(".")[:2]), "python_full_version": args.python_version,

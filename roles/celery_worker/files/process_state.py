@@ -1,0 +1,145 @@
+"""What the process manager runs of one app, against what the role wants: one read per host.
+
+    python3 -c "$(cat process_state.py)" QUERY_JSON
+
+QUERY_JSON: manager (supervisor or systemd), prefix (celery-<app>), wanted (instances that must
+run), inputs (files every process reads at start: the environment file, the launcher, the
+`current` link), unit_dir (systemd), log_dir (supervisor), reload (systemd units were written or
+removed this run), and with `logs` (a number) the instances to report on (`suspects`).
+
+Prints one JSON object: each found process's state, main PID and start time, and what converges
+the host: `apply` (supervisor programs to load, reload or forget: new, changed or removed
+files, whatever an earlier run left undone), `daemon_reload`, `stop` (systemd units no longer
+wanted), `restart` (running, but started before one of its inputs changed: a run that wrote
+them failed before the restart), `start` (stopped, exited, failed or not enabled). With `logs`,
+`report`: for each suspect, a line naming it and its state, then the last lines of its log.
+Reads only: supervisorctl's `reread` compares the files with what supervisord loaded and
+applies nothing. Runs with the host's python3, not the app's, so it works before any release.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+# A process started this long before an input's change counts as started after it: a start time
+# from /proc is exact to a clock tick, file times to a few milliseconds.
+CLOCK_SLACK = 0.2
+RUNNING = {"RUNNING", "STARTING"}
+
+
+def run(*argv):
+    return subprocess.run(argv, capture_output=True, text=True).stdout
+
+
+def started_at(pid):
+    """The wall-clock time process `pid` started, from /proc (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in ticks
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + since_boot
+
+
+def changed_at(paths):
+    """The newest modification among `paths` (a link's own, not its target's)."""
+    times = [os.lstat(path).st_mtime for path in paths if os.path.lexists(path)]
+    return max(times, default=0.0)
+
+
+def supervisor(query):
+    prefix = query["prefix"] + "-"
+    reread = dict(re.findall(r"^(\S+): (available|changed|disappeared)$", run("supervisorctl", "reread"), re.M))
+    found = {}
+    for line in run("supervisorctl", "status").splitlines():
+        fields = line.split(None, 2)
+        if len(fields) >= 2 and fields[0].startswith(prefix):
+            pid = re.search(r"\bpid (\d+),", line)
+            found[fields[0][len(prefix):]] = {"state": fields[1], "pid": int(pid.group(1)) if pid else 0,
+                                              "detail": fields[2] if len(fields) > 2 else ""}
+    apply = [name[len(prefix):] for name in reread if name.startswith(prefix)]
+    apply += [name for name in query["wanted"] if name not in found and name not in apply]
+    return found, apply, False, []
+
+
+def systemd(query):
+    prefix = query["prefix"] + "@"
+    listed = run("systemctl", "list-units", "--all", "--plain", "--no-legend", f"{prefix}*.service").split("\n")
+    units = sorted({line.split()[0] for line in listed if line.strip()} | {f"{prefix}{name}.service" for name in query["wanted"]})
+    properties = "Id,LoadState,ActiveState,SubState,UnitFileState,NeedDaemonReload,MainPID"
+    found, reload = {}, bool(query.get("reload"))
+    for block in run("systemctl", "show", f"--property={properties}", *units).split("\n\n"):
+        show = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if not show.get("Id", "").startswith(prefix):
+            continue
+        instance = show["Id"][len(prefix):-len(".service")]
+        active = show["ActiveState"] == "active"
+        found[instance] = {"state": "RUNNING" if active else show["ActiveState"].upper(),
+                           "pid": int(show["MainPID"]) if active else 0, "detail": show["SubState"],
+                           "enabled": show["UnitFileState"] == "enabled"}
+        reload = reload or show["NeedDaemonReload"] == "yes"
+    unwanted = [name for name, process in found.items() if name not in query["wanted"] and process["state"] == "RUNNING"]
+    return found, [], reload, unwanted
+
+
+def unit_files(query, instance):
+    base = os.path.join(query.get("unit_dir", "/etc/systemd/system"), query["prefix"])
+    return [f"{base}@.service", f"{base}@{instance}.service.d/process.conf"]
+
+
+def converge(query):
+    found, apply, reload, stop = (systemd if query["manager"] == "systemd" else supervisor)(query)
+    inputs = changed_at(query["inputs"])
+    restart, start = [], []
+    for name in query["wanted"]:
+        process = found.get(name)
+        if name in apply or process is None:
+            continue
+        if process["state"] not in RUNNING:
+            start.append(name)
+            continue
+        newest = max(inputs, changed_at(unit_files(query, name)) if query["manager"] == "systemd" else 0.0)
+        began = started_at(process["pid"]) if process["pid"] else None
+        process["started"] = began
+        if began is not None and began + CLOCK_SLACK < newest:
+            restart.append(name)
+        elif not process.get("enabled", True):
+            start.append(name)  # systemd: running but not enabled at boot
+    return {"processes": found, "apply": apply, "daemon_reload": reload, "stop": stop,
+            "restart": restart, "start": start}
+
+
+def log_tail(query, name, lines):
+    if query["manager"] == "systemd":
+        return run("journalctl", "--no-pager", "--output=cat", f"--lines={lines}", f"--unit={query['prefix']}@{name}.service")
+    try:
+        with open(os.path.join(query["log_dir"], f"{name}.log"), errors="replace") as log:
+            return "".join(log.readlines()[-lines:])
+    except OSError as error:
+        return f"(no log: {error})"
+
+
+def report(query, state):
+    lines = []
+    for name in query.get("suspects", []):
+        process = state["processes"].get(name, {"state": "NOT LOADED", "detail": ""})
+        unit = f"{query['prefix']}@{name}.service" if query["manager"] == "systemd" else f"{query['prefix']}-{name}"
+        lines.append(f"{unit}: {process['state']} {process.get('detail', '')}".rstrip() + "; its last log lines:")
+        lines += ["    " + line for line in log_tail(query, name, query["logs"]).splitlines()]
+    return lines
+
+
+def main():
+    query = json.loads(sys.argv[1])
+    state = converge(query)
+    if query.get("logs"):
+        state["report"] = report(query, state)
+    print(json.dumps(state))
+
+
+if __name__ == "__main__":
+    main()
