@@ -61,6 +61,16 @@ def ansible_playbook(playbook, *extra):
     )
 
 
+def plain(text):
+    """Ansible's output without its ANSI colours."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def recap(stdout):
+    """{host: changed count} from the PLAY RECAP of an ansible-playbook run's output."""
+    return {name: int(changed) for name, changed in re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", plain(stdout), re.M)}
+
+
 def workers_playbook(action, *extra):
     """playbooks/workers.yml with celery_action=action."""
     return ansible_playbook("playbooks/workers.yml", "-e", f"celery_action={action}", *extra)

@@ -18,11 +18,15 @@ import pytest
 from conftest import (
     BROKER,
     ENV_FILE,
+    NAME_PREFIX,
+    PM,
     WORKER_GROUPS,
     ansible_playbook,
     celery_main_processes,
     inspect,
+    plain,
     processes,
+    recap,
     run_python,
     start_process,
     stop_process,
@@ -264,14 +268,14 @@ def test_drill_bad_inputs_fail_before_any_host_changes(brokers, workers):
         results = list(pool.map(attempt, BAD_INPUTS))
     problems = []
     for name, expected, done in results:
-        out = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)
-        recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", out, re.M)
+        out = plain(done.stdout)
+        changed = recap(done.stdout)
         if done.returncode == 0:
             problems.append(f"{name}: the play succeeded")
         elif expected not in out:
             problems.append(f"{name}: the failure does not name {expected!r}: {out[-1500:]}")
-        elif any(changed != "0" for _, changed in recap):
-            problems.append(f"{name}: a host changed before the failure: {recap}")
+        elif not changed or any(changed.values()):
+            problems.append(f"{name}: a host changed before the failure: {changed}")
     after = {h.backend.host: host_state(h) for h in hosts}
     report("bad-input", cases=len(BAD_INPUTS), refused=len(BAD_INPUTS) - len(problems),
            hosts_unchanged=after == before, took_s=round(time.monotonic() - started, 1))
@@ -279,7 +283,129 @@ def test_drill_bad_inputs_fail_before_any_host_changes(brokers, workers):
     assert after == before, f"a host changed: {before} -> {after}"
 
 
-# --- 6. Security ----------------------------------------------------------------------------------
+# --- 6. Process state converges, whatever the run found -----------------------------------------
+
+LONG_TWICE_AS_WIDE = {"celery_worker_groups": [{"name": "default", "queues": ["celery"]},
+                                               {"name": "long", "queues": ["long"], "concurrency": 2}]}
+
+
+def command_line(worker, instance):
+    """The command line of one of the app's processes on the worker (its main PID's)."""
+    pid = processes(worker)[instance][1]
+    return worker.check_output(f"tr '\\0' ' ' < /proc/{pid}/cmdline") if pid else ""
+
+
+def site_interrupted_once_written(host_name, task, *extra):
+    """Run site.yml and kill it (SIGKILL, as a lost SSH session or a killed CI job leaves it) the
+    moment `task` reports a change on `host_name`: the files are written, nothing applied them."""
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    run = subprocess.Popen(
+        ["ansible-playbook", "-i", str(INVENTORY_DIR), f"{project}/site.yml", *extra], cwd=project, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, ANSIBLE_NOCOLOR="1"), start_new_session=True)
+    current, seen = "", []
+    try:
+        for line in run.stdout:
+            seen.append(line)
+            if line.startswith("TASK ["):
+                current = line
+            elif task in current and line.startswith(f"changed: [{host_name}]"):
+                os.killpg(run.pid, 9)
+                return True, "".join(seen)
+        return False, "".join(seen)
+    finally:
+        run.wait(timeout=60)
+
+
+def test_drill_a_run_killed_after_writing_the_process_files_is_finished_by_the_next(workers):
+    """A run killed between writing a worker group's new configuration and applying it: the next
+    run finds the process running the old one (the manager's own state, not a forgotten handler)
+    and restarts it."""
+    worker = workers[0]
+    write_task = "Write a supervisor program" if PM == "supervisor" else "Write each process's command line"
+    before = processes(worker)
+    killed, output = site_interrupted_once_written(worker.backend.host, write_task, "-e", json.dumps(LONG_TWICE_AS_WIDE))
+    assert killed, f"site.yml never wrote the new configuration: {output[-2000:]}"
+    assert processes(worker)["worker-long"] == before["worker-long"], "the killed run applied the change after all"
+    assert "--concurrency=1 " in command_line(worker, "worker-long")
+
+    started = time.monotonic()
+    done = ansible_playbook("site.yml", "-e", json.dumps(LONG_TWICE_AS_WIDE))
+    after = processes(worker)
+    report("killed-run-finished", changed=recap(done.stdout), took_s=round(time.monotonic() - started, 1),
+           long_pid=f"{before['worker-long'][1]}->{after['worker-long'][1]}")
+    assert done.returncode == 0, plain(done.stdout)[-3000:]
+    assert recap(done.stdout)[worker.backend.host] > 0, "the next run reported no change"
+    assert after["worker-long"][0] == "RUNNING" and after["worker-long"][1] != before["worker-long"][1], after
+    assert "--concurrency=2 " in command_line(worker, "worker-long"), command_line(worker, "worker-long")
+    assert after["worker-default"] == before["worker-default"], "a process whose configuration did not change was restarted"
+
+
+def remove_by_hand(worker, instance):
+    """Stop one of the app's processes and delete its program file or unit drop-in, and tell the
+    manager, as someone cleaning up by hand would."""
+    if PM == "supervisor":
+        worker.check_output(f"rm /etc/supervisor/conf.d/{NAME_PREFIX}-{instance}.conf && supervisorctl update {NAME_PREFIX}-{instance}")
+    else:
+        worker.check_output(f"systemctl stop {NAME_PREFIX}@{instance}.service && rm -r /etc/systemd/system/{NAME_PREFIX}@{instance}.service.d"
+                            " && systemctl daemon-reload")
+
+
+def test_drill_processes_stopped_or_removed_by_hand_come_back_after_site_yml(clients, workers):
+    """One worker group stopped by hand, beat's program or unit file deleted: the next site.yml
+    starts the one and brings back the other, and reports the change (worker-long also goes back
+    to the configuration the inventory names, after the drill above)."""
+    worker = workers[0]
+    assert stop_process(worker, "worker-default").rc == 0
+    remove_by_hand(worker, "beat")
+    before = processes(worker)
+    assert before["worker-default"][0] != "RUNNING" and before.get("beat", ("GONE", 0))[0] != "RUNNING", before
+
+    done = ansible_playbook("site.yml")
+    after = processes(worker)
+    ids = send_tracked(clients[0], 4) + send_tracked(clients[0], 1, queue="long")
+    counts = wait_until(lambda: all_ran(workers, ids), 60, 1)
+    report("stopped-by-hand", before={k: v[0] for k, v in before.items()}, after={k: v[0] for k, v in after.items()},
+           changed=recap(done.stdout), ran=sum(1 for n in (counts or {}).values() if n))
+    assert done.returncode == 0, plain(done.stdout)[-3000:]
+    assert recap(done.stdout)[worker.backend.host] > 0, "site.yml reported no change"
+    assert all(after[name][0] == "RUNNING" for name in ("worker-default", "worker-long", "beat")), after
+    assert "--concurrency=1 " in command_line(worker, "worker-long")
+    assert counts, f"tasks did not run after the repair: {executions(workers, ids)}"
+
+
+def test_drill_booleans_typed_on_the_command_line_are_taken_as_booleans():
+    """`-e name=false` gives Ansible the string "false": every boolean must read it as false."""
+    typed = {"celery_flower_enabled": "false", "celery_app_task_acks_late": "yes", "celery_app_task_reject_on_worker_lost": "1",
+             "celery_app_confirm_publish": "true", "redis_appendonly": "True", "celery_app_install_extras": "no"}
+    done = ansible_playbook("site.yml", *(arg for name, value in typed.items() for arg in ("-e", f"{name}={value}")))
+    changed = recap(done.stdout)
+    report("typed-booleans", variables=len(typed), rc=done.returncode, changed=changed)
+    assert done.returncode == 0, plain(done.stdout)[-3000:]
+    assert changed and not any(changed.values()), f"the same values typed as strings changed a host: {changed}"
+
+
+def test_drill_a_process_that_does_not_come_up_is_named_with_its_reason(workers):
+    """An app module that does not import: every process dies at start. The run fails naming the
+    host, the program or unit, and the error from its log; the next good run repairs it."""
+    worker = workers[0]
+    unit = f"{NAME_PREFIX}-worker-default" if PM == "supervisor" else f"{NAME_PREFIX}@worker-default.service"
+    started = time.monotonic()
+    bad = ansible_playbook("site.yml", "-e", "celery_app_module=fleetapp.no_such_module", "-e", "celery_worker_ping_timeout=20")
+    failed_after = round(time.monotonic() - started, 1)
+    good = ansible_playbook("site.yml")
+    # Ansible's YAML output folds long lines and doubles quotes: compare words.
+    out = " ".join(plain(bad.stdout).split())
+    expected = (f"on {worker.backend.host} did not come up", unit, "ModuleNotFoundError: No module named", "fleetapp.no_such_module")
+    report("not-coming-up", failed=bad.returncode != 0, failed_after_s=failed_after,
+           named=all(text in out for text in expected), repaired=good.returncode == 0)
+    assert bad.returncode != 0, "workers that cannot import their app passed"
+    for text in expected:
+        assert text in out, f"the failure does not say {text!r}: {out[-3000:]}"
+    assert good.returncode == 0, plain(good.stdout)[-3000:]
+    assert nodes_answer(worker) and all(state == "RUNNING" for state, _ in processes(worker).values()), processes(worker)
+
+
+# --- 7. Security ----------------------------------------------------------------------------------
 
 def test_drill_secrets_are_readable_only_by_their_owners(brokers, clients, workers):
     files = [(h, ENV_FILE) for h in workers + clients]
@@ -307,9 +433,10 @@ def test_drill_a_verbose_run_prints_no_secret():
         assert "erlang_cookie" in secrets
     done = ansible_playbook("site.yml", "-vvv")
     out = done.stdout + done.stderr
-    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", done.stdout), re.M)
+    changed = recap(done.stdout)
     leaked = [name for name, value in secrets.items() if value in out]
-    report("verbose-run", lines=out.count("\n"), leaked=leaked or "none", changed=sum(int(c) for _, c in recap))
+    report("verbose-run", lines=out.count("\n"), leaked=leaked or "none", changed=changed)
     assert done.returncode == 0, out[-3000:]
+    assert changed and not any(changed.values()), f"a rerun after every drill changed a host: {changed}"
     assert not leaked, f"-vvv printed {leaked}: " + "; ".join(
         line[:200] for line in out.splitlines() if any(v in line for v in secrets.values()))[:3000]

@@ -157,3 +157,15 @@ def test_a_missing_row_fails_with_djangos_exception():
     state, traceback = done.stdout.split("\n", 1)
     assert state == "FAILURE"
     assert "DoesNotExist" in traceback, traceback
+
+
+@only_django
+def test_a_plain_celery_pin_runs_on_redis_with_the_brokers_extra_from_the_release(workers):
+    """The project pins `celery==5.7.0`, not `celery[redis]`: the release adds what kombu's Redis
+    transport imports (without it, every worker dies at start with `No module named 'packaging'`;
+    the ORM tests above prove a task then runs over Redis)."""
+    for worker in workers:
+        shipped = worker.check_output(f"cat /opt/{APP}/current/source/requirements.txt")
+        assert re.search(r"^celery==5\.7\.0$", shipped, re.M) and "celery[" not in shipped, shipped
+        imported = worker.run(f"{RUN} python -c 'import kombu.transport.redis, packaging, redis'")
+        assert imported.rc == 0, imported.stderr
