@@ -295,6 +295,16 @@ def command_line(worker, instance):
     return worker.check_output(f"tr '\\0' ' ' < /proc/{pid}/cmdline") if pid else ""
 
 
+def settled(worker, timeout=30):
+    """The host's processes once every one is RUNNING (supervisor says STARTING until a program
+    has run startsecs), or as they are when `timeout` runs out."""
+    def all_running():
+        found = processes(worker)
+        return found if all(state == "RUNNING" for state, _ in found.values()) else None
+
+    return wait_until(all_running, timeout) or processes(worker)
+
+
 def site_interrupted_once_written(host_name, task, *extra):
     """Run site.yml and kill it (SIGKILL, as a lost SSH session or a killed CI job leaves it) the
     moment `task` reports a change on `host_name`: the files are written, nothing applied them."""
@@ -330,7 +340,7 @@ def test_drill_a_run_killed_after_writing_the_process_files_is_finished_by_the_n
 
     started = time.monotonic()
     done = ansible_playbook("site.yml", "-e", json.dumps(LONG_TWICE_AS_WIDE))
-    after = processes(worker)
+    after = settled(worker)
     report("killed-run-finished", changed=recap(done.stdout), took_s=round(time.monotonic() - started, 1),
            long_pid=f"{before['worker-long'][1]}->{after['worker-long'][1]}")
     assert done.returncode == 0, plain(done.stdout)[-3000:]
@@ -361,7 +371,7 @@ def test_drill_processes_stopped_or_removed_by_hand_come_back_after_site_yml(cli
     assert before["worker-default"][0] != "RUNNING" and before.get("beat", ("GONE", 0))[0] != "RUNNING", before
 
     done = ansible_playbook("site.yml")
-    after = processes(worker)
+    after = settled(worker)
     ids = send_tracked(clients[0], 4) + send_tracked(clients[0], 1, queue="long")
     counts = wait_until(lambda: all_ran(workers, ids), 60, 1)
     report("stopped-by-hand", before={k: v[0] for k, v in before.items()}, after={k: v[0] for k, v in after.items()},
@@ -402,7 +412,8 @@ def test_drill_a_process_that_does_not_come_up_is_named_with_its_reason(workers)
     for text in expected:
         assert text in out, f"the failure does not say {text!r}: {out[-3000:]}"
     assert good.returncode == 0, plain(good.stdout)[-3000:]
-    assert nodes_answer(worker) and all(state == "RUNNING" for state, _ in processes(worker).values()), processes(worker)
+    assert nodes_answer(worker), processes(worker)
+    assert all(state == "RUNNING" for state, _ in settled(worker).values()), processes(worker)
 
 
 # --- 7. Security ----------------------------------------------------------------------------------

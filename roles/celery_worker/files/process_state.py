@@ -5,14 +5,15 @@
 QUERY_JSON: manager (supervisor or systemd), prefix (celery-<app>), wanted (instances that must
 run), inputs (files every process reads at start: the environment file, the launcher, the
 `current` link), unit_dir (systemd), log_dir (supervisor), reload (systemd units were written or
-removed this run), and with `logs` (a number) the instances to report on (`suspects`).
+removed this run), and with `logs` (a number) the instances to report on besides those not running (`suspects`).
 
 Prints one JSON object: each found process's state, main PID and start time, and what converges
 the host: `apply` (supervisor programs to load, reload or forget: new, changed or removed
 files, whatever an earlier run left undone), `daemon_reload`, `stop` (systemd units no longer
 wanted), `restart` (running, but started before one of its inputs changed: a run that wrote
 them failed before the restart), `start` (stopped, exited, failed or not enabled). With `logs`,
-`report`: for each suspect, a line naming it and its state, then the last lines of its log.
+`report`: for each suspect and each wanted process not running, a line naming it and its state,
+then the last lines of its log.
 Reads only: supervisorctl's `reread` compares the files with what supervisord loaded and
 applies nothing. Runs with the host's python3, not the app's, so it works before any release.
 """
@@ -124,8 +125,10 @@ def log_tail(query, name, lines):
 
 
 def report(query, state):
+    """The suspects named by the caller, and every wanted process that is not running now."""
     lines = []
-    for name in query.get("suspects", []):
+    down = [name for name in query["wanted"] if state["processes"].get(name, {}).get("state") != "RUNNING"]
+    for name in dict.fromkeys(query.get("suspects", []) + down):
         process = state["processes"].get(name, {"state": "NOT LOADED", "detail": ""})
         unit = f"{query['prefix']}@{name}.service" if query["manager"] == "systemd" else f"{query['prefix']}-{name}"
         lines.append(f"{unit}: {process['state']} {process.get('detail', '')}".rstrip() + "; its last log lines:")
