@@ -217,27 +217,51 @@ def two_beat_hosts():
     return str(path)
 
 
-# (what is wrong, the extra variables that say it, what the message must name). Extra variables
-# go as JSON, so numbers stay numbers.
+# (what is wrong, the extra variables that say it, the one rule that must refuse it: its message
+# names one variable and one reason). Extra variables go as JSON, so numbers stay numbers.
 BAD_INPUTS = [
-    ("unknown broker", {"celery_broker": "kafka"}, "celery_broker"),
-    ("unknown process manager", {"celery_process_manager": "runit"}, "celery_process_manager"),
-    ("empty password", {"celery_broker_password": ""}, "celery_broker_password"),
-    ("default password", {"celery_broker_password": "guest"}, "celery_broker_password"),
-    ("two beat hosts", "TWO_BEAT_HOSTS", "`beat` group has 2 hosts"),
-    ("ack timeout shorter than the task time limit", {"celery_broker_ack_timeout": 20}, "celery_broker_ack_timeout"),
+    ("unknown broker", {"celery_broker": "kafka"}, "value of celery_broker must be one of: redis, rabbitmq, got: kafka"),
+    ("unknown process manager", {"celery_process_manager": "runit"}, "value of celery_process_manager must be one of"),
+    ("empty password", {"celery_broker_password": ""}, "celery_broker_password must be at least 16 characters"),
+    ("default password", {"celery_broker_password": "guest"}, "celery_broker_password must be at least 16 characters"),
+    ("two beat hosts", "TWO_BEAT_HOSTS", "The `beat` group has 2 hosts"),
+    ("ack timeout shorter than the task time limit", {"celery_broker_ack_timeout": 20},
+     "celery_broker_ack_timeout (20 s) must be longer than celery_app_task_time_limit (30 s) plus "
+     "celery_app_worker_soft_shutdown_timeout (5 s)"),
     ("duplicate worker group names",
-     {"celery_worker_groups": [{"name": "default", "queues": ["a"]}, {"name": "default", "queues": ["b"]}]}, "celery_worker_groups"),
-    ("malformed queues", {"celery_worker_groups": [{"name": "default", "queues": "celery long"}]}, "queues"),
-    ("negative concurrency", {"celery_worker_groups": [{"name": "default", "queues": ["celery"], "concurrency": -2}]}, "concurrency"),
-    ("unresolvable broker host", {"celery_broker_host": "no-such-broker.invalid"}, "celery_broker_host"),
-    ("zero task time limit", {"celery_app_task_time_limit": 0}, "celery_app_task_time_limit"),
-    ("workers as root", {"celery_app_user": "root"}, "celery_app_user"),
-    ("app name with spaces", {"celery_app_name": "Fleet App"}, "celery_app_name"),
-    ("unpinned requirement", "BAD_REQUIREMENTS", "celery_app_requirements"),
-    ("a Celery setting in the app's environment", {"celery_app_env": {"CELERY_BROKER_URL": "x"}}, "celery_app_env"),
-    ("unknown log level", {"celery_worker_loglevel": "loud"}, "celery_worker_loglevel"),
+     {"celery_worker_groups": [{"name": "default", "queues": ["a"]}, {"name": "default", "queues": ["b"]}]},
+     "celery_worker_groups: group names must be unique"),
+    ("malformed queues", {"celery_worker_groups": [{"name": "default", "queues": "celery long"}]},
+     "celery_worker_groups, group default: queues must be a non-empty list"),
+    ("negative concurrency", {"celery_worker_groups": [{"name": "default", "queues": ["celery"], "concurrency": -2}]},
+     "celery_worker_groups, group default: concurrency must be an integer of at least 1 (got -2)"),
+    ("unresolvable broker host", {"celery_broker_host": "no-such-broker.invalid"}, "celery_broker_host (no-such-broker.invalid) does not resolve"),
+    ("zero task time limit", {"celery_app_task_time_limit": 0}, "celery_app_task_time_limit (0) must be a positive number"),
+    ("workers as root", {"celery_app_user": "root"}, "celery_app_user must not be root"),
+    ("app name with spaces", {"celery_app_name": "Fleet App"}, "celery_app_name (Fleet App) must be lower-case"),
+    ("unpinned requirement", "BAD_REQUIREMENTS", "celery_app_requirements: pin every requirement"),
+    ("a Celery setting in the app's environment", {"celery_app_env": {"CELERY_BROKER_URL": "x"}}, "celery_app_env takes environment variable names (letters, digits, `_`), not CELERY_* (Celery's settings go in "
+     "celery_app_settings) nor FLEET_APP_MODULE (set from celery_app_module)"),
+    ("unknown log level", {"celery_worker_loglevel": "loud"}, "value of celery_worker_loglevel must be one of"),
 ]
+
+
+def variables_named(text):
+    return set(re.findall(r"\b(?:celery|rabbitmq|redis)_[a-z_]+\b", text))
+
+
+def refusals(stdout):
+    """Every failure of a run printed by the json callback, as (task, message, argument errors),
+    and its stats ({host: {changed: N, ...}})."""
+    run = json.loads(stdout)
+    found = []
+    for play in run["plays"]:
+        for task in play["tasks"]:
+            for result in task["hosts"].values():
+                for each in result.get("results") or [result]:
+                    if each.get("failed"):
+                        found.append((task["task"]["name"], " ".join(str(each.get("msg", "")).split()), each.get("argument_errors")))
+    return found, run["stats"]
 
 
 def host_state(h):
@@ -261,21 +285,25 @@ def test_drill_bad_inputs_fail_before_any_host_changes(brokers, workers):
     def attempt(case):
         name, variables, expected = case
         extra = special[variables] if isinstance(variables, str) else ["-e", json.dumps(variables)]
-        return name, expected, ansible_playbook("site.yml", *extra)
+        return name, expected, ansible_playbook("site.yml", *extra, env={"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"})
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(attempt, BAD_INPUTS))
     problems = []
     for name, expected, done in results:
-        out = plain(done.stdout)
-        changed = recap(done.stdout)
-        if done.returncode == 0:
+        failures, stats = refusals(done.stdout)
+        rules = {task for task, _, _ in failures}
+        if done.returncode == 0 or not failures:
             problems.append(f"{name}: the play succeeded")
-        elif expected not in out:
-            problems.append(f"{name}: the failure does not name {expected!r}: {out[-1500:]}")
-        elif not changed or any(changed.values()):
-            problems.append(f"{name}: a host changed before the failure: {changed}")
+        elif len(rules) != 1 or not all(expected in message for _, message, _ in failures):
+            problems.append(f"{name}: not refused by the one rule {expected!r} alone: {failures}")
+        elif any(variables_named(message) - variables_named(expected) for _, message, _ in failures):
+            problems.append(f"{name}: the refusal names other variables than {expected!r}: {failures}")
+        elif any(len(errors or []) > 1 for _, _, errors in failures):
+            problems.append(f"{name}: the argument spec named more than one error: {failures}")
+        elif any(host["changed"] for host in stats.values()):
+            problems.append(f"{name}: a host changed before the failure: {stats}")
     after = {h.backend.host: host_state(h) for h in hosts}
     report("bad-input", cases=len(BAD_INPUTS), refused=len(BAD_INPUTS) - len(problems),
            hosts_unchanged=after == before, took_s=round(time.monotonic() - started, 1))
