@@ -8,8 +8,9 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # The scenarios `make test` runs; each is a directory of molecule/.
 SCENARIOS := redis-supervisor rabbitmq-systemd fleet staging-ssh django-app
 # The failure drills run once per broker, each under the process manager the scenarios above
-# leave out for it (and switched to it from the other): BROKER:MANAGER:SWITCHED_FROM.
-DRILLS := redis:systemd:supervisor rabbitmq:supervisor:systemd
+# leave out for it (and switched to it from the other), with the number of tests that verify
+# must run (conftest fails it when fewer do): BROKER:MANAGER:SWITCHED_FROM:TESTS.
+DRILLS := redis:systemd:supervisor:33 rabbitmq:supervisor:systemd:33
 # The lab's broker, process manager and (optional) result backend; inventory/lab reads them
 # from the environment:  make demo BROKER=rabbitmq PM=systemd [RESULTS=redis]
 BROKER ?= redis
@@ -73,8 +74,9 @@ unit: setup
 molecule: setup browser
 	for scenario in $(SCENARIOS); do molecule test --scenario-name "$$scenario"; done
 	for run in $(DRILLS); do \
-	  IFS=: read -r broker manager from <<< "$$run"; \
-	  DRILLS_BROKER=$$broker DRILLS_PROCESS_MANAGER=$$manager DRILLS_SWITCHED_FROM=$$from molecule test --scenario-name drills; \
+	  IFS=: read -r broker manager from tests <<< "$$run"; \
+	  DRILLS_BROKER=$$broker DRILLS_PROCESS_MANAGER=$$manager DRILLS_SWITCHED_FROM=$$from DRILLS_EXPECTED_TESTS=$$tests \
+	    molecule test --scenario-name drills; \
 	done
 
 clean: lab-down

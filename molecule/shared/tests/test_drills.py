@@ -333,44 +333,32 @@ def settled(worker, timeout=30):
     return wait_until(all_running, timeout) or processes(worker)
 
 
-def site_interrupted_once_written(host_name, task, *extra):
-    """Run site.yml and kill it (SIGKILL, as a lost SSH session or a killed CI job leaves it) the
-    moment `task` reports a change on `host_name`: the files are written, nothing applied them."""
-    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
-    run = subprocess.Popen(
-        ["ansible-playbook", "-i", str(INVENTORY_DIR), f"{project}/site.yml", *extra], cwd=project, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, ANSIBLE_NOCOLOR="1"), start_new_session=True)
-    current, seen = "", []
-    try:
-        for line in run.stdout:
-            seen.append(line)
-            if line.startswith("TASK ["):
-                current = line
-            elif task in current and line.startswith(f"changed: [{host_name}]"):
-                os.killpg(run.pid, 9)
-                return True, "".join(seen)
-        return False, "".join(seen)
-    finally:
-        run.wait(timeout=60)
+def process_file(instance):
+    """Where the process manager reads one of the app's processes from."""
+    if PM == "supervisor":
+        return f"/etc/supervisor/conf.d/{NAME_PREFIX}-{instance}.conf"
+    return f"/etc/systemd/system/{NAME_PREFIX}@{instance}.service.d/process.conf"
 
 
-def test_drill_a_run_killed_after_writing_the_process_files_is_finished_by_the_next(workers):
-    """A run killed between writing a worker group's new configuration and applying it: the next
-    run finds the process running the old one (the manager's own state, not a forgotten handler)
-    and restarts it."""
+def test_drill_a_run_that_failed_after_writing_the_process_files_is_finished_by_the_next(workers):
+    """A run that fails right after writing a worker group's new configuration, before anything
+    applied it (here its first step after the writes, the state read, is pointed at a missing
+    interpreter; a failed nginx -t, a lost SSH session or a killed job leave the same state):
+    the next run finds the process running the old configuration, from the manager's own state
+    rather than a handler it forgot, and restarts that process only."""
     worker = workers[0]
-    write_task = "Write a supervisor program" if PM == "supervisor" else "Write each process's command line"
     before = processes(worker)
-    killed, output = site_interrupted_once_written(worker.backend.host, write_task, "-e", json.dumps(LONG_TWICE_AS_WIDE))
-    assert killed, f"site.yml never wrote the new configuration: {output[-2000:]}"
-    assert processes(worker)["worker-long"] == before["worker-long"], "the killed run applied the change after all"
+    failed = ansible_playbook("site.yml", "-e", json.dumps(dict(LONG_TWICE_AS_WIDE, celery_worker_host_python="/nonexistent/python3")))
+    assert failed.returncode != 0, "the run meant to fail after writing the files passed"
+    assert "--concurrency=2 " in worker.check_output(f"cat {process_file('worker-long')}"), "the failed run wrote no new configuration"
+    assert processes(worker)["worker-long"] == before["worker-long"], "the failed run applied the change after all"
     assert "--concurrency=1 " in command_line(worker, "worker-long")
 
     started = time.monotonic()
     done = ansible_playbook("site.yml", "-e", json.dumps(LONG_TWICE_AS_WIDE))
     after = settled(worker)
-    report("killed-run-finished", changed=recap(done.stdout), took_s=round(time.monotonic() - started, 1),
-           long_pid=f"{before['worker-long'][1]}->{after['worker-long'][1]}")
+    report("failed-run-finished", changed=recap(done.stdout), took_s=round(time.monotonic() - started, 1),
+           long_pid=f"{before['worker-long'][1]}->{after['worker-long'][1]}", default_pid_kept=after["worker-default"] == before["worker-default"])
     assert done.returncode == 0, plain(done.stdout)[-3000:]
     assert recap(done.stdout)[worker.backend.host] > 0, "the next run reported no change"
     assert after["worker-long"][0] == "RUNNING" and after["worker-long"][1] != before["worker-long"][1], after
