@@ -4,7 +4,10 @@ The scenario's broker and process manager come from its molecule.yml (provisione
 FLEET_BROKER and FLEET_PROCESS_MANAGER, which the lab inventory also reads), so one set of
 tests checks every combination. Scenarios that deploy an app of their own (FLEET_APP_NAME, the
 fixtures in molecule/shared/apps) run the tests marked own_app; the others those marked
-fleet_app (the bundle's demo app), chosen by the verifier's `-m`.
+fleet_app (the bundle's demo app), chosen by the verifier's `-m`. A test that does not apply to
+a scenario is skipped with its reason (never left undefined), and each scenario declares in its
+molecule.yml how many tests its verify runs (verifier env FLEET_EXPECTED_TESTS): the session
+fails when fewer run, so a lost variable or marker cannot silently drop a group of tests.
 """
 
 import json
@@ -17,6 +20,7 @@ import time
 import pytest
 import testinfra
 import testinfra.utils.ansible_runner
+import yaml
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
@@ -26,13 +30,33 @@ PM = os.environ.get("FLEET_PROCESS_MANAGER", "supervisor")
 # celery_broker_ack_timeout: the bundle's default unless the scenario shortens it (drills).
 ACK_TIMEOUT = int(os.environ.get("FLEET_ACK_TIMEOUT", "7200"))
 
-# The app's name (celery_app_name: the bundle's demo app unless the scenario deploys its own)
-# and the lab's worker groups (inventory/lab/group_vars/workers/main.yml).
+# The app's name (celery_app_name: the bundle's demo app unless the scenario deploys its own).
 APP = os.environ.get("FLEET_APP_NAME", "fleetapp")
 RUN = f"/opt/{APP}/bin/run"
 ENV_FILE = f"/etc/celery-fleet/{APP}.env"
 NAME_PREFIX = f"celery-{APP}"
-WORKER_GROUPS = {"default": "celery", "long": "long"}
+
+
+def _worker_groups():
+    """{group name: its queues} of the scenario's workers, read from the scenario's inventory
+    (celery_worker_groups of the first worker host; the role's default where the inventory sets
+    none); groups with state absent are left out."""
+    hosts = RUNNER.get_hosts("workers")
+    if not hosts:
+        return {}
+    found = RUNNER.get_variables(hosts[0])
+    defaults_file = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "celery_worker", "defaults", "main.yml")
+    with open(defaults_file) as f:
+        defaults = yaml.safe_load(f)
+    chosen = found.get("celery_worker_groups", defaults["celery_worker_groups"])
+    assert isinstance(chosen, list), f"celery_worker_groups of {hosts[0]} is not a literal list: {chosen!r}"
+    default_queues = found.get("celery_worker_group_defaults", {}).get("queues") or defaults["celery_worker_group_defaults"]["queues"]
+    return {g["name"]: list(g.get("queues") or default_queues) for g in chosen if g.get("state", "present") != "absent"}
+
+
+# The scenario's worker groups: {name: queues}, and {name: its first queue}.
+WORKER_QUEUES = _worker_groups()
+WORKER_GROUPS = {name: queues[0] for name, queues in WORKER_QUEUES.items()}
 
 
 def pytest_configure(config):
@@ -45,19 +69,76 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "monitoring: Flower, its metrics and the health check (scenarios with a flower group)")
 
 
+# --- Every scenario runs as many tests as it declares ----------------------------------------------
+
+_OUTCOMES = {"passed": set(), "failed": set(), "skipped": set()}
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _OUTCOMES["skipped"].add(report.nodeid)
+    elif report.failed:
+        _OUTCOMES["failed"].add(report.nodeid)
+    elif report.when == "call":
+        _OUTCOMES["passed"].add(report.nodeid)
+
+
+def _tally():
+    skipped = _OUTCOMES["skipped"]
+    failed = _OUTCOMES["failed"] - skipped
+    passed = _OUTCOMES["passed"] - failed - skipped
+    return len(passed) + len(failed), len(skipped)
+
+
+def _expected():
+    declared = os.environ.get("FLEET_EXPECTED_TESTS", "")
+    return int(declared) if declared.strip().isdigit() else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    # Collection errors and interrupted sessions fail on their own.
+    if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):
+        return
+    ran, _ = _tally()
+    expected = _expected()
+    if expected is None or ran < expected:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    ran, skipped = _tally()
+    expected = _expected()
+    scenario = os.environ.get("MOLECULE_SCENARIO_NAME", "?")
+    line = f"scenario {scenario}: {ran} tests ran, {skipped} skipped; it declares {os.environ.get('FLEET_EXPECTED_TESTS') or 'nothing'}"
+    terminalreporter.write_sep("=", line, bold=True)
+    if expected is None:
+        terminalreporter.write_line(
+            "FAILED: the scenario must declare how many tests its verify runs: verifier env FLEET_EXPECTED_TESTS in its molecule.yml",
+            red=True, bold=True)
+    elif ran < expected:
+        terminalreporter.write_line(
+            f"FAILED: {expected - ran} fewer tests ran than scenario {scenario} declares (FLEET_EXPECTED_TESTS={expected}):"
+            " a lost environment variable or marker dropped them, or a test now skips", red=True, bold=True)
+    elif ran > expected:
+        terminalreporter.write_line(
+            f"note: {ran - expected} more tests ran than declared: raise FLEET_EXPECTED_TESTS to {ran}", yellow=True)
+
+
 def pytest_collection_modifyitems(items):
     # The drills restart brokers and hosts, and the monitoring tests stop the broker and a worker
     # group: they run after every other test of the scenario.
     items.sort(key=lambda item: (item.get_closest_marker("drills") is not None, item.get_closest_marker("monitoring") is not None))
 
 
-def ansible_playbook(playbook, *extra):
-    """Run one of the bundle's playbooks against the scenario's hosts, from the control node."""
+def ansible_playbook(playbook, *extra, env=None):
+    """Run one of the bundle's playbooks against the scenario's hosts, from the control node
+    (`env`: more environment, such as ANSIBLE_STDOUT_CALLBACK)."""
     project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
     inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
     return subprocess.run(
         ["ansible-playbook", "-i", inventory, f"{project}/{playbook}", *extra],
-        cwd=project, capture_output=True, text=True, timeout=300,
+        cwd=project, capture_output=True, text=True, timeout=300, env=dict(os.environ, **(env or {})),
     )
 
 

@@ -18,6 +18,7 @@ from conftest import (
     PM,
     RUN,
     WORKER_GROUPS,
+    WORKER_QUEUES,
     celery_main_processes,
     group,
     hostname,
@@ -35,14 +36,45 @@ from conftest import (
 pytestmark = pytest.mark.fleet_app
 
 
+def any_app(test):
+    """Runs in every scenario with a broker and an app: those that select the demo app's tests
+    (fleet_app) and those that deploy an app of their own (own_app)."""
+    return pytest.mark.own_app(test)
+
+
 # --- The broker ---------------------------------------------------------------------------------
 
 def uses_redis(settings):
     return any(settings.get(k, "").startswith("redis") for k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"))
 
 
+def redis_url(settings):
+    """The Redis URL the workers use: the broker's, or with RabbitMQ the result backend's."""
+    return urlsplit(settings["CELERY_RESULT_BACKEND" if BROKER == "rabbitmq" else "CELERY_BROKER_URL"])
+
+
 def redis_cli(h, address, stdin):
     return h.run(f"printf {shlex.quote(stdin)} | redis-cli -h {address} -p 6379")
+
+
+def redis_talk(h, address, port, *commands):
+    """Send Redis commands from host h to address:port with the system's python3 (no client
+    library needed on h); returns the raw replies, e.g. ['-NOAUTH Authentication required.']."""
+    def resp(args):
+        return f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    payload = "".join(resp(c) for c in commands)
+    code = (
+        "import socket, sys, time\n"
+        f"s = socket.create_connection(({address!r}, {port}), timeout=5)\n"
+        f"s.sendall({payload!r}.encode())\n"
+        "data = b''\n"
+        f"while data.count(b'\\r\\n') < {len(commands)}:\n"
+        "    chunk = s.recv(4096)\n"
+        "    if not chunk: break\n"
+        "    data += chunk\n"
+        "print(data.decode())"
+    )
+    return h.check_output(f"timeout 20 python3 -c {shlex.quote(code)}").split("\r\n")[: len(commands)]
 
 
 def amqp_login(h, url):
@@ -56,16 +88,43 @@ def amqp_login(h, url):
     )).strip()
 
 
+@any_app
 def test_the_scenario_runs_the_broker_it_names(settings):
     scheme = urlsplit(settings["CELERY_BROKER_URL"]).scheme
     assert scheme == {"redis": "redis", "rabbitmq": "amqp"}[BROKER], settings["CELERY_BROKER_URL"].split("@")[-1]
 
 
+@any_app
+def test_no_broker_runs_that_the_app_does_not_use(brokers, settings):
+    unused = ({"Redis": 6379} if not uses_redis(settings) else {}) | ({"RabbitMQ": 5672} if BROKER != "rabbitmq" else {})
+    if not unused:
+        pytest.skip("the app uses both Redis (results) and RabbitMQ (broker)")
+    for broker in brokers:
+        for name, port in unused.items():
+            assert listening(broker, port) == set(), f"{name} runs on {broker.backend.host} though the app does not use it"
+
+
+@any_app
+def test_redis_refuses_a_worker_host_without_the_password(workers, settings):
+    """From each worker host, at the very address and port the workers use: no password, NOAUTH;
+    a wrong one, WRONGPASS; the workers' own, PONG."""
+    if not uses_redis(settings):
+        pytest.skip(f"the app uses no Redis (broker {BROKER}, results {settings['CELERY_RESULT_BACKEND'].split(':')[0]})")
+    url = redis_url(settings)
+    for worker in workers:
+        anonymous = redis_talk(worker, url.hostname, url.port or 6379, ["PING"])
+        assert anonymous[0].startswith("-NOAUTH"), (worker.backend.host, anonymous)
+        wrong = redis_talk(worker, url.hostname, url.port or 6379, ["AUTH", "not-the-password-at-all"], ["PING"])
+        assert wrong[0].startswith("-WRONGPASS") and wrong[1].startswith("-NOAUTH"), (worker.backend.host, wrong)
+        right = redis_talk(worker, url.hostname, url.port or 6379, ["AUTH", url.password], ["PING"])
+        assert right == ["+OK", "+PONG"], (worker.backend.host, right)
+
+
+@any_app
 def test_redis_refuses_clients_without_the_password(brokers, settings):
     if not uses_redis(settings):
-        assert all(listening(b, 6379) == set() for b in brokers), "Redis runs but nothing uses it"
-        return
-    password = urlsplit(settings["CELERY_RESULT_BACKEND" if BROKER == "rabbitmq" else "CELERY_BROKER_URL"]).password
+        pytest.skip(f"the app uses no Redis (broker {BROKER}, results {settings['CELERY_RESULT_BACKEND'].split(':')[0]})")
+    password = redis_url(settings).password
     for broker in brokers:
         address = private_address(broker)
         anonymous = redis_cli(broker, address, "PING\n")
@@ -80,31 +139,39 @@ def test_redis_refuses_clients_without_the_password(brokers, settings):
         assert asked.stdout.split()[1:] == ["maxmemory-policy", "noeviction", "appendonly", "yes", "appendfsync", "everysec"]
 
 
+@any_app
 def test_a_broker_host_listens_on_loopback_and_its_private_address_only(brokers):
     # Every TCP listener, epmd and Erlang distribution included (not only the broker's port).
-    # 127.0.0.11 is Docker's resolver inside the lab's containers.
+    # 127.0.0.11 is Docker's resolver inside the lab's containers; sshd (port 22, any address) is
+    # how Ansible reaches a host over SSH (scenario staging-ssh).
     for broker in brokers:
         allowed = {"127.0.0.1", private_address(broker), "127.0.0.11"}
         rows = broker.check_output("ss -Hltnp").splitlines()
         found = {(row.split()[3].rsplit(":", 1)[0], row.split()[3].rsplit(":", 1)[1], row.split()[-1]) for row in rows}
-        assert found and all(address in allowed for address, _, _ in found), sorted(found)
+        others = {row for row in found if not (row[1] == "22" and '"sshd"' in row[2])}
+        assert others and all(address in allowed for address, _, _ in others), sorted(found)
         if BROKER == "rabbitmq":
-            assert {port for address, port, _ in found if address == "127.0.0.1"} >= {"4369", "25672", "5672"}, sorted(found)
+            assert {port for address, port, _ in others if address == "127.0.0.1"} >= {"4369", "25672", "5672"}, sorted(found)
 
 
-def test_rabbitmq_refuses_guest_and_wrong_passwords(brokers, settings):
+@any_app
+def test_rabbitmq_refuses_guest_and_wrong_passwords(brokers, workers, settings):
     if BROKER != "rabbitmq":
-        assert all(listening(b, 5672) == set() for b in brokers), "RabbitMQ runs though Redis is the broker"
-        return
+        pytest.skip(f"the scenario's broker is {BROKER}")
     url = urlsplit(settings["CELERY_BROKER_URL"])
+    worker = workers[0]
+    # From a worker host, at the address and port the workers use.
+    at = f"{url.hostname}:{url.port or 5672}"
+    assert amqp_login(worker, f"amqp://guest:guest@{at}//") == "AccessRefused"
+    assert amqp_login(worker, f"amqp://{url.username}:not-the-password@{at}{url.path}") == "AccessRefused"
+    assert amqp_login(worker, f"amqp://{url.username}:{url.password}@{at}{url.path}") == "ok"
     for broker in brokers:
         address = private_address(broker)
         assert listening(broker, 5672) == {"127.0.0.1", address}
-        # guest is refused even from loopback, where RabbitMQ's own default would let it in.
-        for target in ("127.0.0.1", address):
-            assert amqp_login(broker, f"amqp://guest:guest@{target}:5672//") == "AccessRefused"
-        assert amqp_login(broker, f"amqp://{url.username}:not-the-password@{address}:5672{url.path}") == "AccessRefused"
-        assert amqp_login(broker, f"amqp://{url.username}:{url.password}@{address}:5672{url.path}") == "ok"
+        # guest is refused even from loopback, where RabbitMQ's own default would let it in: it
+        # does not exist, and the broker's own check of its password fails.
+        refused = broker.run("rabbitmqctl authenticate_user guest guest")
+        assert refused.rc != 0, refused.stdout
         # The app's user, and with Flower the management API's, which may only look (its tag).
         users = {u["user"]: u["tags"] for u in json.loads(broker.check_output("rabbitmqctl list_users --silent --formatter json"))}
         expected = {url.username: []} | ({"flower-monitor": ["monitoring"]} if group("flower") else {})
@@ -115,6 +182,7 @@ def test_rabbitmq_refuses_guest_and_wrong_passwords(brokers, settings):
 
 # --- The app's environment ----------------------------------------------------------------------
 
+@any_app
 def test_environment_file_is_readable_by_root_and_celery_only(workers):
     for worker in workers:
         env = worker.file(ENV_FILE)
@@ -124,6 +192,7 @@ def test_environment_file_is_readable_by_root_and_celery_only(workers):
         assert denied.rc != 0 and "Permission denied" in denied.stderr
 
 
+@any_app
 def test_the_environment_carries_the_production_settings(settings):
     assert settings["CELERY_TASK_ACKS_LATE"] == "true"
     assert settings["CELERY_TASK_REJECT_ON_WORKER_LOST"] == "true"
@@ -181,11 +250,11 @@ def test_every_worker_node_answers_inspect_ping(workers):
 
 def test_each_worker_group_consumes_its_own_queue(workers):
     for worker in workers:
-        for group_name, queue in WORKER_GROUPS.items():
+        for group_name, own in WORKER_QUEUES.items():
             node = f"{group_name}@{worker.backend.host}"
             queues = inspect(worker, "active_queues", destination=node)[node]
-            # Its group's queue, and its own direct queue (worker_direct), which deploys' smoke tests use.
-            assert sorted(q["name"] for q in queues) == sorted([queue, f"{node}.dq2"])
+            # Its group's queues, and its own direct queue (worker_direct), which deploys' smoke tests use.
+            assert sorted(q["name"] for q in queues) == sorted([*own, f"{node}.dq2"])
 
 
 def test_a_task_sent_to_each_queue_runs_on_that_group(clients, workers):
@@ -263,52 +332,64 @@ def test_a_stop_is_warm_and_lets_the_running_task_finish(clients, workers):
         assert processes(worker)["worker-default"][0] != "RUNNING"
         # That worker is stopped now: the result came during the stop, from the task it ran.
         line = wait_until(lambda: client.run(f"sed -n 2p {out_file}").stdout.strip(), timeout=15)
-        assert json.loads(line) == [token, f"default@{worker.backend.host}"], client.run(f"cat {out_file}").stdout
+        printed = client.run(f"cat {out_file}").stdout
+        assert line, f"the client printed no result within 15 s of the stop; its output:\n{printed}"
+        try:
+            result = json.loads(line)
+        except ValueError:
+            pytest.fail(f"the client's result line is not JSON; its output:\n{printed}")
+        assert result == [token, f"default@{worker.backend.host}"], printed
     finally:
         start_process(worker, "worker-default")
 
 
-if PM == "systemd":
-    def test_the_worker_units_are_hardened(workers):
-        """systemd-analyze rates each unit's exposure; Celery's own example unit scores 9.2."""
-        for worker in workers:
-            for instance in processes(worker):
-                out = worker.check_output(f"systemd-analyze security --no-pager {NAME_PREFIX}@{instance}.service")
-                score = float(out.strip().splitlines()[-1].split(":")[1].split()[0])
-                assert score <= 1.5, out.splitlines()[-1]
+def test_the_worker_units_are_hardened(workers):
+    """systemd-analyze rates each unit's exposure; Celery's own example unit scores 9.2."""
+    if PM != "systemd":
+        pytest.skip(f"the workers run under {PM}, not systemd")
+    for worker in workers:
+        for instance in processes(worker):
+            out = worker.check_output(f"systemd-analyze security --no-pager {NAME_PREFIX}@{instance}.service")
+            score = float(out.strip().splitlines()[-1].split(":")[1].split()[0])
+            assert score <= 1.5, out.splitlines()[-1]
 
-    def test_the_worker_units_stop_warm_and_wait_long_enough(workers, settings):
-        limit = int(settings["CELERY_TASK_TIME_LIMIT"]) + int(settings["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"])
-        for worker in workers:
-            show = worker.check_output(
-                f"systemctl show -p KillMode -p KillSignal -p TimeoutStopUSec -p Restart -p User {NAME_PREFIX}@worker-default.service"
-            )
-            props = dict(line.split("=", 1) for line in show.splitlines())
-            assert props["KillMode"] == "mixed" and props["KillSignal"] == "15", props
-            assert props["Restart"] == "always" and props["User"] == "celery", props
-            units = {"h": 3600, "min": 60, "s": 1, "ms": 0.001}
-            total = sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(h|min|ms|s)", props["TimeoutStopUSec"]))
-            assert total > limit, props["TimeoutStopUSec"]
+
+def test_the_worker_units_stop_warm_and_wait_long_enough(workers, settings):
+    if PM != "systemd":
+        pytest.skip(f"the workers run under {PM}, not systemd")
+    limit = int(settings["CELERY_TASK_TIME_LIMIT"]) + int(settings["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"])
+    for worker in workers:
+        show = worker.check_output(
+            f"systemctl show -p KillMode -p KillSignal -p TimeoutStopUSec -p Restart -p User {NAME_PREFIX}@worker-default.service"
+        )
+        props = dict(line.split("=", 1) for line in show.splitlines())
+        assert props["KillMode"] == "mixed" and props["KillSignal"] == "15", props
+        assert props["Restart"] == "always" and props["User"] == "celery", props
+        units = {"h": 3600, "min": 60, "s": 1, "ms": 0.001}
+        total = sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(h|min|ms|s)", props["TimeoutStopUSec"]))
+        assert total > limit, props["TimeoutStopUSec"]
 
 
 SWITCHED_FROM = os.environ.get("FLEET_SWITCHED_FROM")
 
-if SWITCHED_FROM:
-    def test_the_switch_left_nothing_under_the_other_manager(workers):
-        """The prepare step ran the workers under the other manager; the converge moved them."""
-        for worker in workers:
-            if SWITCHED_FROM == "supervisor":
-                # supervisor is still installed (proof the prepare step ran) but runs none of ours.
-                assert worker.package("supervisor").is_installed
-                status = worker.run("supervisorctl status")
-                assert status.rc in (0, 3) and NAME_PREFIX not in status.stdout, status.stdout
-                assert not worker.run(f"ls /etc/supervisor/conf.d/ | grep {NAME_PREFIX}").stdout
-            else:
-                # The journal remembers the units that ran (proof the prepare step ran); none is left.
-                assert worker.run(f"journalctl --no-pager -q -u '{NAME_PREFIX}@*' | head -n 1").stdout
-                units = worker.check_output(f"systemctl list-units --all --plain --no-legend '{NAME_PREFIX}@*'")
-                assert units.strip() == "", units
-                assert not worker.file(f"/etc/systemd/system/{NAME_PREFIX}@.service").exists
+
+def test_the_switch_left_nothing_under_the_other_manager(workers):
+    """The prepare step ran the workers under the other manager; the converge moved them."""
+    if not SWITCHED_FROM:
+        pytest.skip("the scenario does not switch process managers (FLEET_SWITCHED_FROM unset)")
+    for worker in workers:
+        if SWITCHED_FROM == "supervisor":
+            # supervisor is still installed (proof the prepare step ran) but runs none of ours.
+            assert worker.package("supervisor").is_installed
+            status = worker.run("supervisorctl status")
+            assert status.rc in (0, 3) and NAME_PREFIX not in status.stdout, status.stdout
+            assert not worker.run(f"ls /etc/supervisor/conf.d/ | grep {NAME_PREFIX}").stdout
+        else:
+            # The journal remembers the units that ran (proof the prepare step ran); none is left.
+            assert worker.run(f"journalctl --no-pager -q -u '{NAME_PREFIX}@*' | head -n 1").stdout
+            units = worker.check_output(f"systemctl list-units --all --plain --no-legend '{NAME_PREFIX}@*'")
+            assert units.strip() == "", units
+            assert not worker.file(f"/etc/systemd/system/{NAME_PREFIX}@.service").exists
 
 
 # --- Fleet operations (playbooks/workers.yml) ----------------------------------------------------
@@ -328,7 +409,8 @@ def test_the_status_action_reports_every_process_and_names_a_stopped_one(workers
         assert stopped.returncode == 0, stopped.stdout[-3000:]
         assert all(state != "RUNNING" for state, _ in processes(worker).values())
         down = workers_playbook("status", "--limit", name)
-        assert down.returncode != 0 and f"worker group default (default@{name}) does not answer" in down.stdout, down.stdout[-3000:]
+        first = next(iter(WORKER_GROUPS))
+        assert down.returncode != 0 and f"worker group {first} ({first}@{name}) does not answer" in down.stdout, down.stdout[-3000:]
     finally:
         started = workers_playbook("start", "--limit", name)
     assert started.returncode == 0, started.stdout[-3000:]
