@@ -10,7 +10,7 @@ SCENARIOS := redis-supervisor rabbitmq-systemd fleet staging-ssh django-app
 # The failure drills run once per broker, each under the process manager the scenarios above
 # leave out for it (and switched to it from the other), with the number of tests that verify
 # must run (conftest fails it when fewer do): BROKER:MANAGER:SWITCHED_FROM:TESTS.
-DRILLS := redis:systemd:supervisor:33 rabbitmq:supervisor:systemd:33
+DRILLS := redis:systemd:supervisor:33 rabbitmq:supervisor:systemd:31
 # The lab's broker, process manager and (optional) result backend; inventory/lab reads them
 # from the environment:  make demo BROKER=rabbitmq PM=systemd [RESULTS=redis]
 BROKER ?= redis
