@@ -192,10 +192,14 @@ def beat_hosts():
     return group("beat")
 
 
+def env_variables(text):
+    """The variables of an environment file the fleet writes (NAME='value' lines)."""
+    return dict(re.findall(r"^([A-Z_][A-Z0-9_]*)='([^']*)'$", text, re.M))
+
+
 def env_settings(h):
     """The CELERY_* variables of the app's environment file on host h."""
-    text = h.check_output(f"cat {ENV_FILE}")
-    return dict(re.findall(r"^(CELERY_[A-Z_]+)='([^']*)'$", text, re.M))
+    return {name: value for name, value in env_variables(h.check_output(f"cat {ENV_FILE}")).items() if name.startswith("CELERY_")}
 
 
 @pytest.fixture(scope="session")

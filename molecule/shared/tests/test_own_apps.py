@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import APP, ENV_FILE, RUN, celery_main_processes, inspect, workers_playbook
+from conftest import APP, ENV_FILE, RUN, celery_main_processes, env_variables, inspect, plain, workers_playbook
 
 pytestmark = pytest.mark.own_app
 
@@ -34,7 +34,7 @@ def client_env():
     path = Path(os.environ["FLEET_CLIENT_ENV"])
     assert path.exists(), f"{path} is missing: the converge writes it (playbooks/client_env.yml)"
     assert path.stat().st_mode & 0o077 == 0, f"{path} holds the broker password: it must be private"
-    return dict(re.findall(r"^([A-Z_][A-Z0-9_]*)='([^']*)'$", path.read_text(), re.M))
+    return env_variables(path.read_text())
 
 
 def client(code, pythonpath=""):
@@ -74,7 +74,7 @@ def test_ansible_goes_over_ssh_as_deploy_with_controlpersist_pipelining_and_beco
         cwd=os.environ["MOLECULE_PROJECT_DIRECTORY"], capture_output=True, text=True, timeout=120,
     )
     # -vvv's connection log goes to stderr; Molecule forces colours on.
-    log, result = (re.sub(r"\x1b\[[0-9;]*m", "", text) for text in (done.stderr + done.stdout, done.stdout))
+    log, result = plain(done.stderr + done.stdout), plain(done.stdout)
     assert done.returncode == 0, log[-3000:]
     assert "ESTABLISH SSH CONNECTION FOR USER: deploy" in log
     assert "ControlPersist=" in log and "BECOME-SUCCESS" in log
