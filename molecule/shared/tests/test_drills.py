@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    ACK_TIMEOUT,
     BROKER,
     ENV_FILE,
     NAME_PREFIX,
@@ -399,13 +400,19 @@ def test_drill_processes_stopped_or_removed_by_hand_come_back_after_site_yml(cli
     assert counts, f"tasks did not run after the repair: {executions(workers, ids)}"
 
 
-def test_drill_booleans_typed_on_the_command_line_are_taken_as_booleans():
-    """`-e name=false` gives Ansible the string "false": every boolean must read it as false."""
+def test_drill_values_typed_on_the_command_line_are_taken_as_their_types(settings):
+    """`-e name=false` or `-e name=30` gives Ansible the string "false" or "30": every boolean and
+    number must read as one. The values are the scenario's own, so nothing may change."""
     typed = {"celery_flower_enabled": "false", "celery_app_task_acks_late": "yes", "celery_app_task_reject_on_worker_lost": "1",
-             "celery_app_confirm_publish": "true", "redis_appendonly": "True", "celery_app_install_extras": "no"}
+             "celery_app_confirm_publish": "true", "redis_appendonly": "True", "celery_app_install_extras": "no",
+             "celery_app_task_time_limit": settings["CELERY_TASK_TIME_LIMIT"],
+             "celery_app_worker_soft_shutdown_timeout": settings["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"],
+             "celery_app_worker_prefetch_multiplier": settings["CELERY_WORKER_PREFETCH_MULTIPLIER"],
+             "celery_app_result_expires": settings["CELERY_RESULT_EXPIRES"], "celery_broker_ack_timeout": str(ACK_TIMEOUT),
+             "celery_app_keep_releases": "3", "celery_worker_stop_grace": "30", "celery_worker_ping_timeout": "60"}
     done = ansible_playbook("site.yml", *(arg for name, value in typed.items() for arg in ("-e", f"{name}={value}")))
     changed = recap(done.stdout)
-    report("typed-booleans", variables=len(typed), rc=done.returncode, changed=changed)
+    report("typed-values", variables=len(typed), rc=done.returncode, changed=changed)
     assert done.returncode == 0, plain(done.stdout)[-3000:]
     assert changed and not any(changed.values()), f"the same values typed as strings changed a host: {changed}"
 
