@@ -17,7 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import ACK_TIMEOUT, BROKER, run_python, wait_until
+from conftest import ACK_TIMEOUT, BROKER, WORKER_GROUPS, inspect, run_python, wait_until
 from test_drills import BROKER_SERVICE, broker_pid, executions, report
 
 pytestmark = pytest.mark.drills
@@ -101,6 +101,16 @@ def bring_broker_back(broker, crashed):
     return restarted
 
 
+def running_with_time_left(worker, ids, left=1.0):
+    """Slow tasks of the load the worker's `celery` queue group runs now with at least `left`
+    seconds of their sleep to go (asked synchronously, so the kill can follow at once)."""
+    node = next(f"{name}@{worker.backend.host}" for name, queue in WORKER_GROUPS.items() if queue == "celery")
+    wanted = set(ids)
+    active = inspect(worker, "active", node, timeout=3).get(node, [])
+    return [task["id"] for task in active
+            if task["id"] in wanted and task["time_start"] + task_seconds(task["id"]) - time.time() >= left]
+
+
 def running_at(samples, killed_at):
     """Tasks seen running before the kill whose sleep was not over when the broker died."""
     return sorted({task_id for asked, active in samples if asked < killed_at for task_id, started in active.items()
@@ -126,6 +136,9 @@ def test_drill_no_running_task_is_lost_when_the_broker_crashes_under_load(broker
         first = wait_until(lambda: any(executions(workers, ids[:20]).values()), 60, 0.5)
         assert first, f"the load's first tasks never ran: {load.exception() if load.done() else 'still sending'}"
         time.sleep(max(0.0, KILL_AFTER - 2))
+        # The kill comes the moment a slow task is seen running with time left: under load the
+        # load's own sampler (inspect with a short timeout) may miss every reply.
+        running_before = wait_until(lambda: running_with_time_left(workers[0], ids), 15, 0.1) or []
         crashed, killed_at = kill_broker(broker)
         killed = time.monotonic()
         poll()
@@ -138,7 +151,7 @@ def test_drill_no_running_task_is_lost_when_the_broker_crashes_under_load(broker
         outcome = json.loads(load.result())
 
     sent, refused = outcome["sent"], outcome["refused"]
-    running = running_at(outcome["samples"], killed_at)
+    running = sorted(set(running_at(outcome["samples"], killed_at)) | set(running_before))
 
     def finished():
         counts = poll()
