@@ -11,6 +11,8 @@ SCENARIOS := redis-supervisor rabbitmq-systemd fleet staging-ssh django-app
 # leave out for it (and switched to it from the other), with the number of tests that verify
 # must run (conftest fails it when fewer do): BROKER:MANAGER:SWITCHED_FROM:TESTS.
 DRILLS := redis:systemd:supervisor:33 rabbitmq:supervisor:systemd:31
+# Several apps on one broker, once per broker: BROKER:MANAGER:TESTS.
+APPS := redis:supervisor:14 rabbitmq:systemd:14
 # The lab's broker, process manager and (optional) result backend; inventory/lab reads them
 # from the environment:  make demo BROKER=rabbitmq PM=systemd [RESULTS=redis]
 BROKER ?= redis
@@ -73,6 +75,10 @@ unit: setup
 
 molecule: setup browser
 	for scenario in $(SCENARIOS); do molecule test --scenario-name "$$scenario"; done
+	for run in $(APPS); do \
+	  IFS=: read -r broker manager tests <<< "$$run"; \
+	  APPS_BROKER=$$broker APPS_PROCESS_MANAGER=$$manager APPS_EXPECTED_TESTS=$$tests molecule test --scenario-name apps; \
+	done
 	for run in $(DRILLS); do \
 	  IFS=: read -r broker manager from tests <<< "$$run"; \
 	  DRILLS_BROKER=$$broker DRILLS_PROCESS_MANAGER=$$manager DRILLS_SWITCHED_FROM=$$from DRILLS_EXPECTED_TESTS=$$tests \

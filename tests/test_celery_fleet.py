@@ -1,5 +1,6 @@
 """The entry point every deployed app's processes load (roles/celery_app/files/celery_fleet.py)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "roles/celery_app/files"))
 
-from celery_fleet import SettingError, settings_from_environ  # noqa: E402
+from celery_fleet import SettingError, send_task, settings_from_environ  # noqa: E402
 
 
 def test_typed_settings_from_environment():
@@ -99,3 +100,19 @@ def test_other_names_are_not_there():
 
     with pytest.raises(AttributeError):
         celery_fleet.nothing  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "grants, target, queue, message",
+    [
+        ({}, "billing", "celery", "this app may not send to 'billing' (sends_to grants: none)"),
+        ({"billing": {"queues": ["celery"], "url": "memory://", "transport_options": {}}}, "mailer", "celery",
+         "this app may not send to 'mailer' (sends_to grants: ['billing'])"),
+        ({"billing": {"queues": ["celery"], "url": "memory://", "transport_options": {}}}, "billing", "reports",
+         "'billing' has no queue 'reports' (its queues: ['celery'])"),
+    ],
+)
+def test_a_send_to_another_app_needs_its_grant_and_one_of_its_queues(grants, target, queue, message):
+    with pytest.raises(LookupError) as refused:
+        send_task(target, "billing.tasks.charge", (1,), queue=queue, environ={"FLEET_SEND_TO": json.dumps(grants)})
+    assert str(refused.value) == message

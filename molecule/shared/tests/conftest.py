@@ -62,6 +62,7 @@ WORKER_GROUPS = {name: queues[0] for name, queues in WORKER_QUEUES.items()}
 def pytest_configure(config):
     config.addinivalue_line("markers", "fleet_app: needs the bundle's demo app (app/)")
     config.addinivalue_line("markers", "own_app: needs an app of the scenario's own (molecule/shared/apps)")
+    config.addinivalue_line("markers", "apps: several apps on one broker (scenario apps)")
     config.addinivalue_line("markers", "tutorial: needs the tutorial's tasks.py (app tutorial)")
     config.addinivalue_line("markers", "django: needs the Django project (app django)")
     config.addinivalue_line("markers", "staging_ssh: needs hosts reached over SSH (scenario staging-ssh)")
@@ -216,9 +217,9 @@ def hostname(h):
     return h.check_output("hostname")
 
 
-def run_python(h, code, timeout=60):
-    """Run Python in the app's current release, with its environment, on host h."""
-    return h.check_output(f"timeout {timeout} {RUN} python -c {shlex.quote(code)}")
+def run_python(h, code, timeout=60, app=APP):
+    """Run Python in an app's current release, with its environment, on host h."""
+    return h.check_output(f"timeout {timeout} /opt/{app}/bin/run python -c {shlex.quote(code)}")
 
 
 def listening(h, port):
@@ -229,24 +230,25 @@ def listening(h, port):
 
 # --- The app's processes under either process manager --------------------------------------------
 
-def processes(h):
-    """The app's processes on host h: {instance: (state, main PID)}, e.g. worker-default, beat."""
+def processes(h, app=APP):
+    """An app's processes on host h: {instance: (state, main PID)}, e.g. worker-default, beat."""
     found = {}
+    prefix = f"celery-{app}"
     if PM == "supervisor":
         for line in h.check_output("supervisorctl status || true").splitlines():
             fields = line.split()
-            if fields and fields[0].startswith(NAME_PREFIX + "-"):
+            if fields and fields[0].startswith(prefix + "-"):
                 pid = int(fields[3].rstrip(",")) if fields[1] == "RUNNING" else 0
-                found[fields[0][len(NAME_PREFIX) + 1:]] = (fields[1], pid)
+                found[fields[0][len(prefix) + 1:]] = (fields[1], pid)
     else:
-        units = h.check_output(f"systemctl list-units --all --plain --no-legend '{NAME_PREFIX}@*.service'")
+        units = h.check_output(f"systemctl list-units --all --plain --no-legend '{prefix}@*.service'")
         for unit in (line.split()[0] for line in units.splitlines() if line.strip()):
             show = dict(
                 line.split("=", 1)
                 for line in h.check_output(f"systemctl show -p ActiveState -p MainPID {unit}").splitlines()
             )
             state = "RUNNING" if show["ActiveState"] == "active" else show["ActiveState"].upper()
-            found[unit[len(NAME_PREFIX) + 1:-len(".service")]] = (state, int(show["MainPID"]))
+            found[unit[len(prefix) + 1:-len(".service")]] = (state, int(show["MainPID"]))
     return found
 
 

@@ -14,7 +14,12 @@ win over the app's own configuration: the broker's timeouts and the workers' ack
 must agree with each other whatever the code says.
 
 A client process that imports the app itself (a web server on a `clients` host) can apply the
-same settings with ``celery_fleet.configure(app)``.
+same settings with ``celery_fleet.configure(app)``: with several apps on one Redis it must, since
+the app's key prefix is one of them (without it the broker refuses the app's account).
+
+An app may send tasks by name to the apps the inventory lets it (celery_apps' ``sends_to``):
+``celery_fleet.send_task("billing", "billing.tasks.charge", (order_id,))``. The broker grants
+exactly that to the app's own account: publishing to the other app's queues, nothing else.
 """
 
 import json
@@ -22,6 +27,7 @@ import os
 from collections.abc import Mapping
 
 from celery import Celery
+from kombu import Queue
 from celery.app.defaults import NAMESPACES, Option, flatten
 from celery.app.utils import find_app
 
@@ -29,6 +35,9 @@ PREFIX = "CELERY_"
 
 # Names the app to load, as `celery -A` would (not CELERY_*: that prefix is for settings).
 APP_VARIABLE = "FLEET_APP_MODULE"
+
+# The other apps this one may send tasks to: {app: {url, transport_options, queues}} as JSON.
+SEND_TO_VARIABLE = "FLEET_SEND_TO"
 
 # Variables with the prefix that are not settings: Celery's own CLI and app selection.
 NOT_SETTINGS = frozenset({"CELERY_APP", "CELERY_CONFIG_MODULE", "CELERY_LOADER", "CELERY_CUSTOM_WORKER_POOL"})
@@ -92,6 +101,34 @@ def configure(app: Celery, environ: Mapping[str, str] = os.environ) -> Celery:
     """Apply the deployment's settings from ``environ`` to ``app`` and return it."""
     app.conf.update(settings_from_environ(environ))
     return app
+
+
+def send_task(target: str, name: str, args=(), kwargs=None, queue: str = "celery", environ: Mapping[str, str] = os.environ):
+    """Send task ``name`` to app ``target``'s ``queue``, as this app may (FLEET_SEND_TO); return its id.
+
+    The grant is to publish and nothing more, so the send declares nothing and asks for no
+    result (the other app stores none; it is that app's to report). RabbitMQ confirms the
+    publish, so a refusal raises here, in the sender, and never drops the task silently.
+    """
+    grants = json.loads(environ.get(SEND_TO_VARIABLE) or "{}")
+    if target not in grants:
+        raise LookupError(f"this app may not send to {target!r} (sends_to grants: {sorted(grants) or 'none'})")
+    grant = grants[target]
+    if queue not in grant["queues"]:
+        raise LookupError(f"{target!r} has no queue {queue!r} (its queues: {grant['queues']})")
+    sender = Celery(f"{target}-sender", set_as_current=False)
+    sender.conf.update(
+        broker_transport_options=grant["transport_options"],
+        task_queues=[Queue(name, no_declare=True) for name in grant["queues"]],
+        task_send_sent_event=False,
+    )
+    # RabbitMQ: through the queue's own exchange (the grant), never amq.default, which reaches
+    # every queue of the vhost. Redis: straight onto the queue's list, the one key granted.
+    amqp = grant["url"].startswith("amqp")
+    route = {"exchange": queue, "routing_key": queue} if amqp else {"queue": queue}
+    # The URL is given to the connection: CELERY_BROKER_URL (this app's own) would win over the app's.
+    with sender.connection_for_write(url=grant["url"]) as connection:
+        return sender.send_task(name, args, kwargs, connection=connection, ignore_result=True, **route).id
 
 
 def __getattr__(name: str):

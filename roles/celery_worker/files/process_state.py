@@ -3,7 +3,8 @@
     python3 -c "$(cat process_state.py)" QUERY_JSON
 
 QUERY_JSON: manager (supervisor or systemd), prefix (celery-<app>), wanted (instances that must
-run), inputs (files every process reads at start: the environment file, the launcher, the
+run), process_inputs (per instance, files only it reads: Flower's configuration), inputs (files
+every process reads at start: the environment file, the launcher, the
 `current` link), unit_dir (systemd), log_dir (supervisor), reload (systemd units were written or
 removed this run), and with `logs` (a number) the instances to report on besides those not running (`suspects`).
 
@@ -103,7 +104,8 @@ def converge(query):
         if process["state"] not in RUNNING:
             start.append(name)
             continue
-        newest = max(inputs, changed_at(unit_files(query, name)) if query["manager"] == "systemd" else 0.0)
+        own = changed_at(query.get("process_inputs", {}).get(name, []))
+        newest = max(inputs, own, changed_at(unit_files(query, name)) if query["manager"] == "systemd" else 0.0)
         began = started_at(process["pid"]) if process["pid"] else None
         process["started"] = began
         if began is not None and began + CLOCK_SLACK < newest:
@@ -118,7 +120,7 @@ def log_tail(query, name, lines):
     if query["manager"] == "systemd":
         return run("journalctl", "--no-pager", "--output=cat", f"--lines={lines}", f"--unit={query['prefix']}@{name}.service")
     try:
-        with open(os.path.join(query["log_dir"], f"{name}.log"), errors="replace") as log:
+        with open(os.path.join(query["log_dir"], f"{query['prefix']}-{name}.log"), errors="replace") as log:
             return "".join(log.readlines()[-lines:])
     except OSError as error:
         return f"(no log: {error})"
