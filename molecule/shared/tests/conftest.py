@@ -16,6 +16,10 @@ import re
 import shlex
 import subprocess
 import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from pathlib import Path
 
 import pytest
 import testinfra
@@ -156,6 +160,23 @@ def recap(stdout):
 def workers_playbook(action, *extra):
     """playbooks/workers.yml with celery_action=action."""
     return ansible_playbook("playbooks/workers.yml", "-e", f"celery_action={action}", *extra)
+
+
+def secret(name):
+    """A lab secret the inventory generated (its .secrets/ directory, beside the inventory)."""
+    return (Path(INVENTORY).parent / ".secrets" / name).read_text().strip()
+
+
+def get(url, auth=None, timeout=10):
+    """GET url from this machine (the control node); returns (status, body)."""
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
 
 
 def host(name):

@@ -10,7 +10,7 @@ import json
 import re
 
 import pytest
-from conftest import BROKER, PM, ansible_playbook, plain, processes, recap, run_python, wait_until
+from conftest import BROKER, PM, ansible_playbook, get, plain, private_address, processes, recap, required_group, run_python, secret, wait_until
 
 pytestmark = pytest.mark.apps
 
@@ -160,6 +160,29 @@ def test_status_reports_every_app(workers):
         assert len(re.findall(rf"{app}: worker-default: RUNNING, pid \d+, up \d+ s, ping ok", output)) == len(workers), output[-3000:]
 
 
+# Each app's Flower under its own path (the app's name) behind the worker host's one nginx site,
+# with its own login: the demo app's Flower knows its `long` group, the tutorial's does not.
+def flower_login(app):
+    return f"{app}-admin", secret(f"{app}_flower_password")
+
+
+def test_each_apps_flower_answers_under_its_own_path_with_its_own_login():
+    site = f"http://{private_address(required_group('flower')[0])}"
+    for app in APPS:
+        status, body = get(f"{site}/{app}/api/workers?refresh=1", auth=flower_login(app), timeout=30)
+        assert status == 200, (app, status, body[:500])
+        nodes = sorted(json.loads(body))
+        assert nodes and all(node.split("@")[0] in {"default", "long"} for node in nodes), (app, nodes)
+        assert any(node.startswith("long@") for node in nodes) == (app == "fleetapp"), (app, nodes)
+
+
+def test_one_apps_flower_login_is_refused_by_the_other_apps_flower():
+    site = f"http://{private_address(required_group('flower')[0])}"
+    for app, other in (("fleetapp", "tutorial"), ("tutorial", "fleetapp")):
+        assert get(f"{site}/{other}/api/workers", auth=flower_login(app))[0] == 401, (app, other)
+        assert get(f"{site}/{other}/api/workers")[0] == 401, other
+
+
 # Preflight refuses what cannot work, naming the variable, before any host changes.
 GOOD = [{"name": "fleetapp", "broker_password": "a" * 20 + "1"}, {"name": "tutorial", "module": "tasks", "broker_password": "b" * 20 + "2"}]
 REFUSED = [
@@ -168,6 +191,9 @@ REFUSED = [
     ("site.yml", {"celery_apps": [GOOD[0], dict(GOOD[1], workers=["nosuchhost"])]}, "celery_apps[1].workers (nosuchhost) names hosts or groups the inventory does not have"),
     ("site.yml", {"celery_apps": [GOOD[0], dict(GOOD[1], broker_password="short")]}, "celery_apps[1].broker_password (app tutorial) is required"),
     ("site.yml", {"celery_apps": GOOD, "celery_app_module": "tasks"}, "celery_app_module is a single-app variable, ignored with celery_apps"),
+    ("site.yml", {"celery_apps": [dict(GOOD[0], flower=True, flower_users=[{"name": "a", "password": "c" * 20}], flower_url_prefix="ops"),
+                                  dict(GOOD[1], flower=True, flower_users=[{"name": "b", "password": "d" * 20}], flower_url_prefix="ops")]},
+     "celery_apps[1].flower_url_prefix (ops) is another Flower's path too"),
     ("site.yml", {"celery_apps": [dict(GOOD[0], sends_to=["billing"]), GOOD[1]]}, "celery_apps[0].sends_to (billing) must name other apps of celery_apps"),
     ("playbooks/rolling_restart.yml", {"celery_app": "nosuchapp"}, "celery_app (nosuchapp) names no app of the fleet"),
 ]

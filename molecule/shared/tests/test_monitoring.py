@@ -11,8 +11,6 @@ import os
 import re
 import shlex
 import shutil
-import urllib.error
-import urllib.request
 from base64 import b64encode
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +22,7 @@ from conftest import (
     RUNNER,
     WORKER_GROUPS,
     ansible_playbook,
+    get,
     hostname,
     listening,
     plain,
@@ -32,6 +31,7 @@ from conftest import (
     recap,
     required_group,
     run_python,
+    secret,
     start_process,
     stop_process,
     wait_until,
@@ -40,17 +40,12 @@ from conftest import (
 
 pytestmark = pytest.mark.monitoring
 
-INVENTORY_DIR = Path(os.environ.get("MOLECULE_INVENTORY_FILE", "/nonexistent")).parent
 # The scenario serves Flower under a path (celery_flower_url_prefix), as part of an existing site.
 PREFIX = "/" + os.environ["FLEET_FLOWER_URL_PREFIX"].strip("/") if os.environ.get("FLEET_FLOWER_URL_PREFIX") else ""
 # Screenshots stay after the scenario's hosts are gone: .cache/artifacts/<scenario>/ (ignored by git).
 ARTIFACTS = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")) / ".cache" / "artifacts" / os.environ.get("MOLECULE_SCENARIO_NAME", "")
 BROKER_SERVICE = "rabbitmq-server" if BROKER == "rabbitmq" else "redis-server"
 FLOWER_CONFIG = f"/etc/celery-fleet/{APP}-flower.py"
-
-
-def secret(name):
-    return (INVENTORY_DIR / ".secrets" / name).read_text().strip()
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +61,6 @@ def base(flower):
 @pytest.fixture(scope="module")
 def login():
     return "admin", secret("flower_password")
-
-
-def get(url, auth=None, timeout=10):
-    """GET url from this machine (the control node); returns (status, body)."""
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + b64encode(":".join(auth).encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
 
 
 def get_from(h, url):
