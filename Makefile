@@ -12,7 +12,7 @@ SCENARIOS := redis-supervisor rabbitmq-systemd fleet staging-ssh django-app
 # must run (conftest fails it when fewer do): BROKER:MANAGER:SWITCHED_FROM:TESTS.
 DRILLS := redis:systemd:supervisor:33 rabbitmq:supervisor:systemd:31
 # Several apps on one broker, once per broker: BROKER:MANAGER:TESTS.
-APPS := redis:supervisor:17 rabbitmq:systemd:17
+APPS := redis:supervisor:18 rabbitmq:systemd:18
 # The lab's broker, process manager and (optional) result backend; inventory/lab reads them
 # from the environment:  make demo BROKER=rabbitmq PM=systemd [RESULTS=redis]
 BROKER ?= redis

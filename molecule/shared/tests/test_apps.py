@@ -8,6 +8,8 @@ counted by task id in every worker log of both apps.
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 from conftest import BROKER, PM, ansible_playbook, get, plain, private_address, processes, recap, required_group, run_python, secret, wait_until
@@ -158,6 +160,35 @@ def test_status_reports_every_app(workers):
     assert done.returncode == 0, output[-3000:]
     for app in APPS:
         assert len(re.findall(rf"{app}: worker-default: RUNNING, pid \d+, up \d+ s, ping ok", output)) == len(workers), output[-3000:]
+
+
+def current_releases(hosts, app):
+    return [h.check_output(f"readlink /opt/{app}/current") for h in hosts]
+
+
+def test_a_deploy_and_a_rollback_of_one_app_switch_it_on_every_host_and_leave_the_other_alone(brokers, workers, tmp_path):
+    """The tutorial's new version goes to its worker host and its client host (which runs no
+    process of it, and under supervisor has no supervisor at all), then back; the demo app's
+    release and processes stay as they were."""
+    hosts = list(workers) + [b for b in brokers if b.backend.host not in {w.backend.host for w in workers}]
+    version2 = tmp_path / "tutorial"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "apps" / "tutorial", version2)
+    with open(version2 / "tasks.py", "a") as tasks:
+        tasks.write("\n# version 2\n")
+    before = {app: current_releases(hosts, app) for app in APPS}
+    demo_processes = [processes(w, "fleetapp") for w in workers]
+
+    deployed = ansible_playbook("playbooks/deploy.yml", "-e", "celery_app=tutorial", env={"FLEET_TUTORIAL_SRC": str(version2)})
+    assert deployed.returncode == 0, plain(deployed.stdout)[-3000:]
+    switched = current_releases(hosts, "tutorial")
+    assert all(new != old for new, old in zip(switched, before["tutorial"])), (before["tutorial"], switched)
+    assert len(set(switched)) == 1, switched
+
+    rolled_back = ansible_playbook("playbooks/rollback.yml", "-e", "celery_app=tutorial", env={"FLEET_TUTORIAL_SRC": str(version2)})
+    assert rolled_back.returncode == 0, plain(rolled_back.stdout)[-3000:]
+    assert current_releases(hosts, "tutorial") == before["tutorial"]
+    assert current_releases(hosts, "fleetapp") == before["fleetapp"]
+    assert [processes(w, "fleetapp") for w in workers] == demo_processes, "the demo app's processes were restarted"
 
 
 # Each app's Flower under its own path (the app's name) behind the worker host's one nginx site,
