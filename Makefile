@@ -6,7 +6,7 @@ VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # The scenarios `make test` runs; each is a directory of molecule/.
-SCENARIOS := redis-supervisor rabbitmq-systemd fleet staging-ssh django-app
+SCENARIOS := redis-supervisor rabbitmq-systemd fleet sqs staging-ssh django-app
 # The failure drills run once per broker, each under the process manager the scenarios above
 # leave out for it (and switched to it from the other), with the number of tests that verify
 # must run (conftest fails it when fewer do): BROKER:MANAGER:SWITCHED_FROM:TESTS.

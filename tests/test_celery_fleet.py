@@ -116,3 +116,44 @@ def test_a_send_to_another_app_needs_its_grant_and_one_of_its_queues(grants, tar
     with pytest.raises(LookupError) as refused:
         send_task(target, "billing.tasks.charge", (1,), queue=queue, environ={"FLEET_SEND_TO": json.dumps(grants)})
     assert str(refused.value) == message
+
+
+def pth_import_line():
+    """The import line of the celery_fleet.pth the role writes into every release venv."""
+    import yaml
+
+    tasks = yaml.safe_load((ROOT / "roles/celery_app/tasks/venv.yml").read_text())
+    content = next(t["ansible.builtin.copy"]["content"] for t in tasks if "ansible.builtin.copy" in t)
+    (line,) = [each for each in content.splitlines() if each.startswith("import ")]
+    return line
+
+
+# A client as the tutorial writes it: it imports its app (broker hard-coded) and sends a task.
+TUTORIAL_CLIENT = """
+import json
+from celery import Celery
+app = Celery("tasks", broker="memory://")
+@app.task
+def add(x, y):
+    return x + y
+add.delay(4, 4)
+sender = Celery("other-sender", set_as_current=False)
+sender.fleet_sender = True
+print(json.dumps([app.conf.broker_transport_options, sender.conf.broker_transport_options]))
+"""
+
+
+@pytest.mark.parametrize("with_app_environment", [True, False])
+def test_a_client_that_imports_its_app_gets_the_fleets_settings_in_the_apps_environment(with_app_environment):
+    """The release venv's .pth runs in every process; with the app's environment (bin/run), every
+    app the process creates is configured before it sends (on SQS the queue prefix decides where
+    tasks go), a send_task sender excepted; without it nothing is imported or changed."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT / "roles/celery_app/files"),
+           "CELERY_BROKER_TRANSPORT_OPTIONS": '{"queue_name_prefix": "lab-tasks-"}'}
+    if with_app_environment:
+        env["FLEET_APP_MODULE"] = "tasks"
+    out = subprocess.run([sys.executable, "-c", pth_import_line() + "\n" + TUTORIAL_CLIENT],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    own, sender = json.loads(out)
+    assert own == ({"queue_name_prefix": "lab-tasks-"} if with_app_environment else {})
+    assert sender == {}

@@ -25,7 +25,11 @@ from fleetapp.tasks import tracked
 
 
 def watch_consumers(queues, stop_file, samples, stop_event):
-    """Sample, about every second, how many worker nodes consume each queue."""
+    """Sample, about every second, how many worker nodes consume each queue (none on a broker
+    without remote control, such as SQS: there is no one to ask)."""
+    with app.connection_for_write() as connection:
+        if "fanout" not in connection.transport.implements.exchange_type:
+            return
     # A broadcast waits its whole timeout for replies: 1 s keeps samples about 1.3 s apart.
     inspector = app.control.inspect(timeout=1.0)
     while not stop_event.is_set() and not (stop_file and Path(stop_file).exists()):

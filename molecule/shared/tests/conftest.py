@@ -16,6 +16,7 @@ import re
 import shlex
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 import urllib.error
 import urllib.request
 from base64 import b64encode
@@ -72,6 +73,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "staging_ssh: needs hosts reached over SSH (scenario staging-ssh)")
     config.addinivalue_line("markers", "drills: failure drills (scenario drills)")
     config.addinivalue_line("markers", "monitoring: Flower, its metrics and the health check (scenarios with a flower group)")
+    config.addinivalue_line("markers", "sqs: Amazon SQS as the broker (scenario sqs)")
 
 
 # --- Every scenario runs as many tests as it declares ----------------------------------------------
@@ -313,3 +315,106 @@ def inspect(h, command, destination=None, timeout=5):
     where = f" --destination={destination}" if destination else ""
     result = h.run(f"{RUN} celery --app=celery_fleet:app inspect {command} --json --timeout={timeout}{where}")
     return json.loads(result.stdout) if result.rc == 0 and result.stdout.strip() else {}
+
+
+# --- Drills: tracked tasks counted by id, and bad inputs --------------------------------------
+
+# Where the demo app's `tracked` task logs each completed run (its id and host), on every worker.
+EXECUTIONS = "/var/lib/celery/fleetapp-executions.log"
+
+
+def report(drill, **counts):
+    """One line with a drill's counts and times, in the scenario's log (the verifier runs with -s)."""
+    print(f"\ndrill {drill}: " + " ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
+
+
+def send_tracked(client, count, seconds=0.0, queue="celery"):
+    """Send `count` tracked tasks from the client host; returns their ids."""
+    code = (
+        "import json; from fleetapp.tasks import tracked\n"
+        f"ids = [tracked.apply_async(({seconds},), queue={queue!r}).id for _ in range({count})]\n"
+        "print(json.dumps(ids))"
+    )
+    return json.loads(run_python(client, code, timeout=120))
+
+
+def executions(workers, ids):
+    """How many times each of `ids` ran, over every worker host."""
+    wanted = set(ids)
+    counts = dict.fromkeys(ids, 0)
+    for worker in workers:
+        for line in worker.run(f"cat {EXECUTIONS} 2>/dev/null").stdout.splitlines():
+            task_id = line.split(" ", 1)[0]
+            if task_id in wanted:
+                counts[task_id] += 1
+    return counts
+
+
+def all_ran(workers, ids):
+    counts = executions(workers, ids)
+    return counts if all(counts.values()) else None
+
+
+def variables_named(text):
+    return set(re.findall(r"\b(?:celery|rabbitmq|redis)_[a-z_]+\b", text))
+
+
+def refusals(stdout):
+    """Every failure of a run printed by the json callback, as (task, message, argument errors),
+    and its stats ({host: {changed: N, ...}})."""
+    run = json.loads(stdout)
+    found = []
+    for play in run["plays"]:
+        for task in play["tasks"]:
+            for result in task["hosts"].values():
+                for each in result.get("results") or [result]:
+                    if each.get("failed"):
+                        found.append((task["task"]["name"], " ".join(str(each.get("msg", "")).split()), each.get("argument_errors")))
+    return found, run["stats"]
+
+
+def refusal_problems(cases, special=None):
+    """Run site.yml once per bad input, four at a time. Each case is (what is wrong, its extra
+    variables, or a key of `special` naming other arguments, the text of the one rule that must
+    refuse it: its message names one variable and one reason). Returns (problems, seconds)."""
+    special = special or {}
+
+    def attempt(case):
+        name, variables, expected = case
+        extra = special[variables] if isinstance(variables, str) else ["-e", json.dumps(variables)]
+        return name, expected, ansible_playbook("site.yml", *extra, env={"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"})
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(attempt, cases))
+    problems = []
+    for name, expected, done in results:
+        failures, stats = refusals(done.stdout)
+        rules = {task for task, _, _ in failures}
+        if done.returncode == 0 or not failures:
+            problems.append(f"{name}: the play succeeded")
+        elif len(rules) != 1 or not all(expected in message for _, message, _ in failures):
+            problems.append(f"{name}: not refused by the one rule {expected!r} alone: {failures}")
+        elif any(variables_named(message) - variables_named(expected) for _, message, _ in failures):
+            problems.append(f"{name}: the refusal names other variables than {expected!r}: {failures}")
+        elif any(len(errors or []) > 1 for _, _, errors in failures):
+            problems.append(f"{name}: the argument spec named more than one error: {failures}")
+        elif any(host["changed"] for host in stats.values()):
+            problems.append(f"{name}: a host changed before the failure: {stats}")
+    return problems, round(time.monotonic() - started, 1)
+
+
+def host_state(h, services=()):
+    """What a changed host would show: files under /etc and /opt newer than the drill's marker
+    (mark_hosts), and the main PIDs of `services` and of the app's processes."""
+    changed = h.check_output("find /etc /opt -newer /run/celery-fleet-drill-marker -print 2>/dev/null | head -20")
+    pids = [h.check_output(f"systemctl show -p MainPID --value {service} 2>/dev/null || true") for service in services]
+    return changed, pids, sorted(celery_main_processes(h, "worker") + celery_main_processes(h, "beat"))
+
+
+def mark_hosts(hosts, services=()):
+    """Mark the hosts' state before a drill; returns {host: host_state} to compare with after."""
+    for h in hosts:
+        h.check_output("touch /run/celery-fleet-drill-marker")
+    time.sleep(1.1)  # find's -newer compares whole seconds on some filesystems
+    return {h.backend.host: host_state(h, services) for h in hosts}

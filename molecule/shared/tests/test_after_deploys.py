@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import WORKER_GROUPS, celery_main_processes, hostname
 
-pytestmark = pytest.mark.fleet_app
+# Scenario fleet's side effect; scenario sqs runs the same one.
+pytestmark = [pytest.mark.fleet_app, pytest.mark.sqs]
 
 RESULTS = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "fleet-results"
 

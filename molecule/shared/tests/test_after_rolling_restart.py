@@ -40,6 +40,7 @@ def process_table(worker, when):
     return saved.content_string
 
 
+@pytest.mark.sqs
 def test_the_load_ran_and_every_task_ran_exactly_once(load, clients, workers):
     client = clients[0]
     sent = json.loads(load_file(client, "sent.json").content_string)
@@ -75,6 +76,7 @@ def test_every_queue_kept_a_consumer_throughout_the_roll(load, clients):
     assert empty == [], empty[:3]
 
 
+@pytest.mark.sqs
 def test_the_roll_restarted_every_worker_process(load, workers):
     """Process tables saved just before and just after the roll, on every worker host: every
     Celery main process (each worker group's, and beat) is a new one, and as many run as before.

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,18 @@ from conftest import (
     NAME_PREFIX,
     PM,
     WORKER_GROUPS,
+    all_ran,
     ansible_playbook,
-    celery_main_processes,
+    executions,
+    host_state,
     inspect,
+    mark_hosts,
     plain,
     processes,
     recap,
-    run_python,
+    refusal_problems,
+    report,
+    send_tracked,
     start_process,
     stop_process,
     wait_until,
@@ -36,40 +40,8 @@ from conftest import (
 
 pytestmark = pytest.mark.drills
 
-EXECUTIONS = "/var/lib/celery/fleetapp-executions.log"
 BROKER_SERVICE = "rabbitmq-server" if BROKER == "rabbitmq" else "redis-server"
 INVENTORY_DIR = Path(os.environ.get("MOLECULE_INVENTORY_FILE", "/nonexistent")).parent
-
-
-def report(drill, **counts):
-    print(f"\ndrill {drill}: " + " ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
-
-
-def send_tracked(client, count, seconds=0.0, queue="celery"):
-    """Send `count` tracked tasks from the client host; returns their ids (sent with confirms)."""
-    code = (
-        "import json; from fleetapp.tasks import tracked\n"
-        f"ids = [tracked.apply_async(({seconds},), queue={queue!r}).id for _ in range({count})]\n"
-        "print(json.dumps(ids))"
-    )
-    return json.loads(run_python(client, code, timeout=120))
-
-
-def executions(workers, ids):
-    """How many times each of `ids` ran, over every worker host."""
-    wanted = set(ids)
-    counts = dict.fromkeys(ids, 0)
-    for worker in workers:
-        for line in worker.run(f"cat {EXECUTIONS} 2>/dev/null").stdout.splitlines():
-            task_id = line.split(" ", 1)[0]
-            if task_id in wanted:
-                counts[task_id] += 1
-    return counts
-
-
-def all_ran(workers, ids):
-    counts = executions(workers, ids)
-    return counts if all(counts.values()) else None
 
 
 def worker_pids(worker):
@@ -221,7 +193,7 @@ def two_beat_hosts():
 # (what is wrong, the extra variables that say it, the one rule that must refuse it: its message
 # names one variable and one reason). Extra variables go as JSON, so numbers stay numbers.
 BAD_INPUTS = [
-    ("unknown broker", {"celery_broker": "kafka"}, "value of celery_broker must be one of: redis, rabbitmq, got: kafka"),
+    ("unknown broker", {"celery_broker": "kafka"}, "value of celery_broker must be one of: redis, rabbitmq, sqs, got: kafka"),
     ("unknown process manager", {"celery_process_manager": "runit"}, "value of celery_process_manager must be one of"),
     ("empty password", {"celery_broker_password": ""}, "celery_broker_password must be at least 16 characters"),
     ("default password", {"celery_broker_password": "guest"}, "celery_broker_password must be at least 16 characters"),
@@ -247,67 +219,16 @@ BAD_INPUTS = [
 ]
 
 
-def variables_named(text):
-    return set(re.findall(r"\b(?:celery|rabbitmq|redis)_[a-z_]+\b", text))
-
-
-def refusals(stdout):
-    """Every failure of a run printed by the json callback, as (task, message, argument errors),
-    and its stats ({host: {changed: N, ...}})."""
-    run = json.loads(stdout)
-    found = []
-    for play in run["plays"]:
-        for task in play["tasks"]:
-            for result in task["hosts"].values():
-                for each in result.get("results") or [result]:
-                    if each.get("failed"):
-                        found.append((task["task"]["name"], " ".join(str(each.get("msg", "")).split()), each.get("argument_errors")))
-    return found, run["stats"]
-
-
-def host_state(h):
-    """What a changed host would show: files under /etc and /opt newer than the drill's marker,
-    and the main PIDs of the broker and of the app's processes."""
-    changed = h.check_output("find /etc /opt -newer /run/celery-fleet-drill-marker -print 2>/dev/null | head -20")
-    pids = h.check_output(f"systemctl show -p MainPID --value {BROKER_SERVICE} 2>/dev/null || true")
-    return changed, pids, sorted(celery_main_processes(h, "worker") + celery_main_processes(h, "beat"))
-
-
 def test_drill_bad_inputs_fail_before_any_host_changes(brokers, workers):
     hosts = brokers + workers
-    for h in hosts:
-        h.check_output("touch /run/celery-fleet-drill-marker")
-    time.sleep(1.1)  # find's -newer compares whole seconds on some filesystems
-    before = {h.backend.host: host_state(h) for h in hosts}
+    before = mark_hosts(hosts, [BROKER_SERVICE])
     # The two cases that need a file: a second inventory that adds a beat host, and requirements.
     special = {"TWO_BEAT_HOSTS": ["-i", two_beat_hosts()],
                "BAD_REQUIREMENTS": ["-e", json.dumps({"celery_app_requirements": bad_requirements()})]}
-
-    def attempt(case):
-        name, variables, expected = case
-        extra = special[variables] if isinstance(variables, str) else ["-e", json.dumps(variables)]
-        return name, expected, ansible_playbook("site.yml", *extra, env={"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"})
-
-    started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(attempt, BAD_INPUTS))
-    problems = []
-    for name, expected, done in results:
-        failures, stats = refusals(done.stdout)
-        rules = {task for task, _, _ in failures}
-        if done.returncode == 0 or not failures:
-            problems.append(f"{name}: the play succeeded")
-        elif len(rules) != 1 or not all(expected in message for _, message, _ in failures):
-            problems.append(f"{name}: not refused by the one rule {expected!r} alone: {failures}")
-        elif any(variables_named(message) - variables_named(expected) for _, message, _ in failures):
-            problems.append(f"{name}: the refusal names other variables than {expected!r}: {failures}")
-        elif any(len(errors or []) > 1 for _, _, errors in failures):
-            problems.append(f"{name}: the argument spec named more than one error: {failures}")
-        elif any(host["changed"] for host in stats.values()):
-            problems.append(f"{name}: a host changed before the failure: {stats}")
-    after = {h.backend.host: host_state(h) for h in hosts}
+    problems, took = refusal_problems(BAD_INPUTS, special)
+    after = {h.backend.host: host_state(h, [BROKER_SERVICE]) for h in hosts}
     report("bad-input", cases=len(BAD_INPUTS), refused=len(BAD_INPUTS) - len(problems),
-           hosts_unchanged=after == before, took_s=round(time.monotonic() - started, 1))
+           hosts_unchanged=after == before, took_s=took)
     assert not problems, "\n".join(problems)
     assert after == before, f"a host changed: {before} -> {after}"
 

@@ -13,9 +13,14 @@ misspelt name or an ill-typed value fails at start instead of being silently ign
 win over the app's own configuration: the broker's timeouts and the workers' acknowledgements
 must agree with each other whatever the code says.
 
-A client process that imports the app itself (a web server on a `clients` host) can apply the
-same settings with ``celery_fleet.configure(app)``: with several apps on one Redis it must, since
-the app's key prefix is one of them (without it the broker refuses the app's account).
+A process that imports the app itself, as the tutorial's client does (``from tasks import add``),
+gets the same settings when it runs on the release's Python with the app's environment
+(``bin/run python ...``, or the release's venv with the environment file loaded): the venv's
+``celery_fleet.pth`` calls ``configure_every_app()`` there, and every app the process finalizes is
+configured. Without that, such a client would miss the settings Celery does not read from the
+environment itself: on SQS the queue name prefix (its tasks would go to a queue nobody consumes),
+on a shared Redis the key prefix, on RabbitMQ publisher confirms. A process on another Python
+calls ``celery_fleet.configure(app)`` itself.
 
 An app may send tasks by name to the apps the inventory lets it (celery_apps' ``sends_to``):
 ``celery_fleet.send_task("billing", "billing.tasks.charge", (order_id,))``. The broker grants
@@ -103,6 +108,32 @@ def configure(app: Celery, environ: Mapping[str, str] = os.environ) -> Celery:
     return app
 
 
+def configure_every_app() -> None:
+    """Configure every app this process creates, once its configuration is read (the release's
+    celery_fleet.pth calls this when the app's environment is loaded: FLEET_APP_MODULE is set).
+
+    Through Celery's own hooks: ``on_init``, called by every new app, connects the app's
+    ``on_after_configure`` signal, sent when its configuration is first read (before any task is
+    sent; a client never finalizes its app, so the finalize hooks would come too late).
+    """
+    if getattr(Celery.on_init, "fleet_hook", False):
+        return
+    app_on_init = Celery.on_init
+
+    def on_init(app: Celery) -> None:
+        app_on_init(app)
+        app.on_after_configure.connect(_configure_own_app, sender=app, weak=False)
+
+    on_init.fleet_hook = True
+    Celery.on_init = on_init
+
+
+def _configure_own_app(sender: Celery, source, **_) -> None:
+    # The senders of send_task carry another app's grant, not this app's settings.
+    if not getattr(sender, "fleet_sender", False):
+        source.update(settings_from_environ(os.environ))
+
+
 def send_task(target: str, name: str, args=(), kwargs=None, queue: str = "celery", environ: Mapping[str, str] = os.environ):
     """Send task ``name`` to app ``target``'s ``queue``, as this app may (FLEET_SEND_TO); return its id.
 
@@ -117,6 +148,7 @@ def send_task(target: str, name: str, args=(), kwargs=None, queue: str = "celery
     if queue not in grant["queues"]:
         raise LookupError(f"{target!r} has no queue {queue!r} (its queues: {grant['queues']})")
     sender = Celery(f"{target}-sender", set_as_current=False)
+    sender.fleet_sender = True
     sender.conf.update(
         broker_transport_options=grant["transport_options"],
         task_queues=[Queue(name, no_declare=True) for name in grant["queues"]],

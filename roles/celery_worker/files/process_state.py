@@ -6,13 +6,17 @@ QUERY_JSON: manager (supervisor or systemd), prefix (celery-<app>), wanted (inst
 run), process_inputs (per instance, files only it reads: Flower's configuration), inputs (files
 every process reads at start: the environment file, the launcher, the
 `current` link), unit_dir (systemd), log_dir (supervisor), reload (systemd units were written or
-removed this run), and with `logs` (a number) the instances to report on besides those not running (`suspects`).
+removed this run), with `logs` (a number) the instances to report on besides those not running
+(`suspects`), and with `ready` ({instance: node}) the worker groups whose readiness to read: a
+broker without remote control (SQS) cannot answer `inspect ping`, so a group is ready when its
+process runs and its log says Celery's `<node> ready.` since that process started.
 
 Prints one JSON object: each found process's state, main PID and start time, and what converges
 the host: `apply` (supervisor programs to load, reload or forget: new, changed or removed
 files, whatever an earlier run left undone), `daemon_reload`, `stop` (systemd units no longer
 wanted), `restart` (running, but started before one of its inputs changed: a run that wrote
-them failed before the restart), `start` (stopped, exited, failed or not enabled). With `logs`,
+them failed before the restart), `start` (stopped, exited, failed or not enabled). With `ready`,
+`not_ready`: the instances not (yet) ready. With `logs`,
 `report`: for each suspect and each wanted process not running, a line naming it and its state,
 then the last lines of its log.
 Reads only: supervisorctl's `reread` compares the files with what supervisord loaded and
@@ -30,6 +34,8 @@ import time
 # from /proc is exact to a clock tick, file times to a few milliseconds.
 CLOCK_SLACK = 0.2
 RUNNING = {"RUNNING", "STARTING"}
+# How much of a supervisor log file the readiness check reads, from its end.
+LOG_TAIL_BYTES = 1 << 20
 
 
 def run(*argv):
@@ -116,6 +122,40 @@ def converge(query):
             "restart": restart, "start": start}
 
 
+def logged_ready(query, name, node, since):
+    """Whether worker `name` logged Celery's `<node> ready.` at or after `since` (its start)."""
+    text = f"{node} ready."
+    if query["manager"] == "systemd":
+        journal = run("journalctl", "--no-pager", "--output=cat", f"--since=@{int(since)}", f"--unit={query['prefix']}@{name}.service")
+        return any(line.endswith(text) for line in journal.splitlines())
+    path = os.path.join(query["log_dir"], f"{query['prefix']}-{name}.log")
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, os.path.getsize(path) - LOG_TAIL_BYTES))
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return False
+    # Celery's log lines start with the local time: `[2026-11-29 19:30:00,123: INFO/MainProcess]`.
+    for line in reversed(lines):
+        if line.endswith(text):
+            try:
+                logged = time.mktime(time.strptime(line[1:20], "%Y-%m-%d %H:%M:%S"))
+            except ValueError:
+                continue
+            return logged + 1 >= since
+    return False
+
+
+def not_ready(query, processes):
+    waiting = []
+    for name, node in query.get("ready", {}).items():
+        process = processes.get(name, {})
+        began = started_at(process["pid"]) if process.get("state") == "RUNNING" and process.get("pid") else None
+        if began is None or not logged_ready(query, name, node, began):
+            waiting.append(name)
+    return waiting
+
+
 def log_tail(query, name, lines):
     if query["manager"] == "systemd":
         return run("journalctl", "--no-pager", "--output=cat", f"--lines={lines}", f"--unit={query['prefix']}@{name}.service")
@@ -130,7 +170,7 @@ def report(query, state):
     """The suspects named by the caller, and every wanted process that is not running now."""
     lines = []
     down = [name for name in query["wanted"] if state["processes"].get(name, {}).get("state") != "RUNNING"]
-    for name in dict.fromkeys(query.get("suspects", []) + down):
+    for name in dict.fromkeys(query.get("suspects", []) + state.get("not_ready", []) + down):
         process = state["processes"].get(name, {"state": "NOT LOADED", "detail": ""})
         unit = f"{query['prefix']}@{name}.service" if query["manager"] == "systemd" else f"{query['prefix']}-{name}"
         lines.append(f"{unit}: {process['state']} {process.get('detail', '')}".rstrip() + "; its last log lines:")
@@ -141,6 +181,8 @@ def report(query, state):
 def main():
     query = json.loads(sys.argv[1])
     state = converge(query)
+    if query.get("ready"):
+        state["not_ready"] = not_ready(query, state["processes"])
     if query.get("logs"):
         state["report"] = report(query, state)
     print(json.dumps(state))

@@ -7,7 +7,8 @@ it reaches the broker with the app's own settings and credentials:
 
 MANAGER is supervisor or systemd; each INSTANCE is worker-<group>, beat or flower, the supervisor
 program PREFIX-INSTANCE or the unit PREFIX@INSTANCE.service. QUEUES (comma-separated) are the
-queues this host's worker groups consume. BEAT_SCHEDULE is beat's schedule file when beat runs
+queues this host's worker groups consume (with SQS: waiting, in flight and delayed, from the
+queue's attributes; and no ping: SQS carries no remote control). BEAT_SCHEDULE is beat's schedule file when beat runs
 here (else "-"): beat writes it as it ticks, so its age says when beat last worked; older than
 BEAT_STALE seconds is a failure. Prints one line per check and exits 1, naming every failing
 part: the broker, a worker group's node, a process, beat.
@@ -44,12 +45,21 @@ def uptime(pid):
 
 
 def depth(connection, queue):
-    """Messages waiting in QUEUE, and its consumers where the broker counts them (RabbitMQ)."""
+    """What QUEUE holds, as the broker counts it: a line's end."""
     channel = connection.default_channel
-    if connection.transport.driver_type == "redis":
-        return channel._size(queue), None  # kombu's own count over the queue's priority lists
+    driver = connection.transport.driver_type
+    if driver == "redis":
+        return f"{channel._size(queue)} waiting"  # kombu's own count over the queue's priority lists
+    if driver == "sqs":
+        # SQS's own (approximate) counts: waiting, received and not yet acknowledged, delayed.
+        url = channel._resolve_queue_url(queue)
+        counts = channel.sqs(queue=channel.canonical_queue_name(queue)).get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                                          "ApproximateNumberOfMessagesDelayed"])["Attributes"]
+        return (f"{counts['ApproximateNumberOfMessages']} waiting, {counts['ApproximateNumberOfMessagesNotVisible']} in flight, "
+                f"{counts['ApproximateNumberOfMessagesDelayed']} delayed")
     declared = channel.queue_declare(queue=queue, passive=True)
-    return declared.message_count, declared.consumer_count
+    return f"{declared.message_count} waiting, {declared.consumer_count} consumers"
 
 
 # The broker, with the app's own URL and credentials (shown without the password).
@@ -59,8 +69,7 @@ try:
     broker.ensure_connection(max_retries=1, timeout=5)
     print(f"broker {where}: reachable")
     for queue in filter(None, queues.split(",")):
-        messages, consumers = depth(broker, queue)
-        print(f"queue {queue}: {messages} waiting" + ("" if consumers is None else f", {consumers} consumers"))
+        print(f"queue {queue}: {depth(broker, queue)}")
     reachable = True
 except Exception as error:  # noqa: BLE001 - any failure to reach it is the finding
     print(f"broker {where}: UNREACHABLE ({type(error).__name__}: {error})")
@@ -69,12 +78,14 @@ except Exception as error:  # noqa: BLE001 - any failure to reach it is the find
 finally:
     broker.release()
 
+# Remote control needs a fanout exchange: SQS has none, so its workers are not pinged.
+pingable = "fanout" in broker.transport.implements.exchange_type
 nodes = [f"{i[len('worker-'):]}@{hostname}" for i in instances if i.startswith("worker-")]
-answered = (app.control.inspect(destination=nodes, timeout=3).ping() or {}) if nodes and reachable else {}
+answered = (app.control.inspect(destination=nodes, timeout=3).ping() or {}) if nodes and reachable and pingable else {}
 for instance in instances:
     state, pid = state_and_pid(instance)
     line = f"{instance}: {state}" + (f", pid {pid}, up {uptime(pid)}" if pid else "")
-    if instance.startswith("worker-"):
+    if instance.startswith("worker-") and pingable:
         group, node = instance[len("worker-"):], f"{instance[len('worker-'):]}@{hostname}"
         line += ", ping " + ("ok" if node in answered else "NO ANSWER")
         if node not in answered:
