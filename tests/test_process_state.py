@@ -1,0 +1,56 @@
+"""The readiness read of roles/celery_worker/files/process_state.py: without remote control (SQS),
+a worker group is up when its log says `<node> ready.` since its process started."""
+
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "roles/celery_worker/files"))
+
+from process_state import logged_ready  # noqa: E402
+
+NODE = "long@worker1"
+
+
+def celery_line(at, message):
+    """A line as Celery logs it: local time, level, process."""
+    return time.strftime("[%Y-%m-%d %H:%M:%S", time.localtime(at)) + f",123: INFO/MainProcess] {message}\n"
+
+
+def test_supervisor_log_counts_only_a_ready_line_written_since_the_start(tmp_path):
+    query = {"manager": "supervisor", "prefix": "celery-fleetapp", "log_dir": str(tmp_path)}
+    log = tmp_path / "celery-fleetapp-worker-long.log"
+    started = time.time()
+    # The previous process's ready line, and the new one's start: not ready yet.
+    log.write_text(celery_line(started - 60, f"{NODE} ready.") + celery_line(started, "Connected to sqs://"))
+    assert not logged_ready(query, "worker-long", NODE, started)
+    # Another node's line does not count either.
+    with log.open("a") as f:
+        f.write(celery_line(started + 1, "default@worker1 ready."))
+    assert not logged_ready(query, "worker-long", NODE, started)
+    with log.open("a") as f:
+        f.write(celery_line(started + 1, f"{NODE} ready."))
+    assert logged_ready(query, "worker-long", NODE, started)
+
+
+def test_supervisor_without_a_log_is_not_ready(tmp_path):
+    query = {"manager": "supervisor", "prefix": "celery-fleetapp", "log_dir": str(tmp_path)}
+    assert not logged_ready(query, "worker-long", NODE, time.time())
+
+
+def test_systemd_reads_the_units_journal_since_the_start(tmp_path, monkeypatch):
+    """journalctl, faked: it records its arguments and prints what the journal would."""
+    asked = tmp_path / "asked"
+    fake = tmp_path / "journalctl"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {asked}\ncat {tmp_path / "journal"}\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    query = {"manager": "systemd", "prefix": "celery-fleetapp"}
+    (tmp_path / "journal").write_text("[2026-11-29 19:30:00,123: INFO/MainProcess] Connected to sqs://\n")
+    assert not logged_ready(query, "worker-long", NODE, 1795980600.7)
+    assert asked.read_text().split() == ["--no-pager", "--output=cat", "--since=@1795980600", "--unit=celery-fleetapp@worker-long.service"]
+    (tmp_path / "journal").write_text(f"[2026-11-29 19:30:01,123: INFO/MainProcess] {NODE} ready.\n")
+    assert logged_ready(query, "worker-long", NODE, 1795980600.7)
