@@ -176,6 +176,8 @@ BAD_INPUTS = [
      "celery_aws_access_key_id and celery_aws_secret_access_key go together"),
     ("long polling beyond 20 s", {"celery_sqs_wait_time_seconds": 30}, "celery_sqs_wait_time_seconds (30) must be 0 to 20"),
     ("Flower", {"celery_flower_enabled": True}, "celery_flower_enabled needs remote control and events, which SQS does not carry"),
+    ("a smoke task without results", {"celery_result_backend": "none"},
+     "celery_worker_smoke_task (or an app's smoke_task) needs a result backend: with celery_result_backend none"),
 ]
 
 
