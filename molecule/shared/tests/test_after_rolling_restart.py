@@ -55,7 +55,9 @@ def test_the_load_ran_and_every_task_ran_exactly_once(load, clients, workers):
           f" (longest task {summary['longest_task']} s, all results in {summary['results_seconds']} s,"
           f" served by {len(summary['workers'])} worker nodes)")
     assert len(sent) >= 300 and summary["sent"] == len(sent)
-    assert lost == [] and duplicated == [], {"lost": lost[:5], "duplicated": duplicated[:5]}
+    # Each lost task with what is known of it: its runs and the outcome the client saw.
+    assert lost == [] and duplicated == [], {"lost": {task_id: (completions[task_id], summary["not_ok"].get(task_id), sent[task_id])
+                                                      for task_id in lost[:5]}, "duplicated": duplicated[:5]}
     assert summary["ok"] == len(sent)
     assert set(completions) <= set(sent), "a tracked task ran that the load never sent"
 
