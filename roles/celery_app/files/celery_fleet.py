@@ -16,8 +16,8 @@ must agree with each other whatever the code says.
 A process that imports the app itself, as the tutorial's client does (``from tasks import add``),
 gets the same settings when it runs on the release's Python with the app's environment
 (``bin/run python ...``, or the release's venv with the environment file loaded): the venv's
-``celery_fleet.pth`` calls ``configure_every_app()`` there, and every app the process finalizes is
-configured. Without that, such a client would miss the settings Celery does not read from the
+``celery_fleet.pth`` calls ``configure_every_app()`` there, and every app the process creates is
+configured when its configuration is first read. Without that, such a client would miss the settings Celery does not read from the
 environment itself: on SQS the queue name prefix (its tasks would go to a queue nobody consumes),
 on a shared Redis the key prefix, on RabbitMQ publisher confirms. A process on another Python
 calls ``celery_fleet.configure(app)`` itself.
