@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "roles/celery_app/files"))
 
-from celery_fleet import SettingError, send_task, settings_from_environ  # noqa: E402
+from celery_fleet import SettingError, _declare_direct_queue_as_fleet, direct_queue, send_task, settings_from_environ  # noqa: E402
 
 
 def test_typed_settings_from_environment():
@@ -157,3 +157,22 @@ def test_a_client_that_imports_its_app_gets_the_fleets_settings_in_the_apps_envi
     own, sender = json.loads(out)
     assert own == ({"queue_name_prefix": "lab-tasks-"} if with_app_environment else {})
     assert sender == {}
+
+
+@pytest.mark.parametrize("queue_type, arguments", [("quorum", {"x-queue-type": "quorum"}), ("classic", None)])
+def test_a_workers_own_queue_is_declared_alike_by_the_worker_and_its_senders(queue_type, arguments):
+    # On a cluster (quorum queues) a classic direct queue would live on one node: the worker could
+    # not declare it while that node is down, and a sender declaring it otherwise would be refused.
+    from types import SimpleNamespace
+
+    from celery import Celery
+
+    app = Celery("t", set_as_current=False)
+    app.conf.update(task_default_queue_type=queue_type, worker_direct=True)
+    node = "default@worker1"
+    app.amqp.queues.select_add(direct_queue(Celery("plain", set_as_current=False), node))
+    _declare_direct_queue_as_fleet(sender=node, instance=SimpleNamespace(app=app))
+    worker_side = app.amqp.queues[f"{node}.dq2"]
+    sender_side = direct_queue(app, node)
+    assert worker_side.queue_arguments == sender_side.queue_arguments == arguments
+    assert (worker_side.exchange.name, worker_side.routing_key) == (sender_side.exchange.name, sender_side.routing_key) == ("C.dq2", node)

@@ -74,6 +74,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "drills: failure drills (scenario drills)")
     config.addinivalue_line("markers", "monitoring: Flower, its metrics and the health check (scenarios with a flower group)")
     config.addinivalue_line("markers", "sqs: Amazon SQS as the broker (scenario sqs)")
+    config.addinivalue_line("markers", "cluster: a RabbitMQ cluster of three nodes (scenario fleet)")
 
 
 # --- Every scenario runs as many tests as it declares ----------------------------------------------

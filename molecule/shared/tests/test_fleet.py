@@ -151,7 +151,13 @@ def test_a_broker_host_listens_on_loopback_and_its_private_address_only(brokers)
         others = {row for row in found if not (row[1] == "22" and '"sshd"' in row[2])}
         assert others and all(address in allowed for address, _, _ in others), sorted(found)
         if BROKER == "rabbitmq":
-            assert {port for address, port, _ in others if address == "127.0.0.1"} >= {"4369", "25672", "5672"}, sorted(found)
+            ports = {where: {port for address, port, _ in others if address == where} for where in allowed}
+            if len(brokers) == 1:
+                assert ports["127.0.0.1"] >= {"4369", "25672", "5672"}, sorted(found)
+            else:
+                # A cluster's nodes talk over the private address: Erlang distribution there only.
+                assert ports["127.0.0.1"] >= {"4369", "5672"} and "25672" not in ports["127.0.0.1"], sorted(found)
+                assert ports[private_address(broker)] >= {"4369", "25672", "5672"}, sorted(found)
 
 
 @any_app

@@ -31,10 +31,11 @@ import json
 import os
 from collections.abc import Mapping
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue
 from celery.app.defaults import NAMESPACES, Option, flatten
 from celery.app.utils import find_app
+from celery.utils.nodenames import worker_direct
 
 PREFIX = "CELERY_"
 
@@ -126,6 +127,29 @@ def configure_every_app() -> None:
 
     on_init.fleet_hook = True
     Celery.on_init = on_init
+
+
+def direct_queue(app: Celery, node: str) -> Queue:
+    """Return node ``node``'s own queue (Celery's ``worker_direct``) as the fleet declares it.
+
+    On a RabbitMQ cluster every queue is a quorum queue (task_default_queue_type), this one too:
+    a classic queue lives on one node, and a worker failing over to another node could not
+    declare it while that node is down. Senders must declare it alike (smoke.py does).
+    """
+    queue = worker_direct(node)
+    if app.conf.task_default_queue_type == "quorum":
+        queue = Queue(queue.name, queue.exchange, queue.routing_key, queue_arguments={"x-queue-type": "quorum"})
+    return queue
+
+
+@signals.celeryd_after_setup.connect(weak=False)
+def _declare_direct_queue_as_fleet(sender: str, instance, **_) -> None:
+    # After -Q and worker_direct chose the worker's queues: its own queue, as direct_queue says.
+    app = instance.app
+    if app.conf.worker_direct and app.conf.task_default_queue_type == "quorum":
+        fleet_queue = direct_queue(app, sender)
+        if fleet_queue.name in app.amqp.queues:
+            app.amqp.queues[fleet_queue.name].queue_arguments = fleet_queue.queue_arguments
 
 
 def _configure_own_app(sender: Celery, source, **_) -> None:
