@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "roles/celery_app/files"))
 
-from celery_fleet import SettingError, _declare_direct_queue_as_fleet, direct_queue, send_task, settings_from_environ  # noqa: E402
+from celery_fleet import SettingError, send_task, settings_from_environ  # noqa: E402
 
 
 def test_typed_settings_from_environment():
@@ -159,20 +159,24 @@ def test_a_client_that_imports_its_app_gets_the_fleets_settings_in_the_apps_envi
     assert sender == {}
 
 
+# Every way the app's code, Celery's worker and the deploys' smoke test reach a node's own queue.
+DIRECT_QUEUES = """
+import json
+from celery.utils import worker_direct as from_utils
+from celery.utils.nodenames import worker_direct as from_nodenames
+from celery.worker.worker import worker_direct as the_workers
+print(json.dumps([[q.name, q.exchange.name, q.routing_key, q.queue_arguments]
+                  for q in (f("default@worker1") for f in (from_utils, from_nodenames, the_workers))]))
+"""
+
+
 @pytest.mark.parametrize("queue_type, arguments", [("quorum", {"x-queue-type": "quorum"}), ("classic", None)])
-def test_a_workers_own_queue_is_declared_alike_by_the_worker_and_its_senders(queue_type, arguments):
-    # On a cluster (quorum queues) a classic direct queue would live on one node: the worker could
-    # not declare it while that node is down, and a sender declaring it otherwise would be refused.
-    from types import SimpleNamespace
-
-    from celery import Celery
-
-    app = Celery("t", set_as_current=False)
-    app.conf.update(task_default_queue_type=queue_type, worker_direct=True)
-    node = "default@worker1"
-    app.amqp.queues.select_add(direct_queue(Celery("plain", set_as_current=False), node))
-    _declare_direct_queue_as_fleet(sender=node, instance=SimpleNamespace(app=app))
-    worker_side = app.amqp.queues[f"{node}.dq2"]
-    sender_side = direct_queue(app, node)
-    assert worker_side.queue_arguments == sender_side.queue_arguments == arguments
-    assert (worker_side.exchange.name, worker_side.routing_key) == (sender_side.exchange.name, sender_side.routing_key) == ("C.dq2", node)
+def test_a_nodes_own_queue_is_declared_alike_everywhere(queue_type, arguments):
+    """On a cluster (quorum queues) a classic direct queue would live on one node: the worker
+    could not declare it while that node is down, and RabbitMQ refuses a sender that declares it
+    with another type. So in the app's environment every worker_direct is the quorum one."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT / "roles/celery_app/files"),
+           "FLEET_APP_MODULE": "tasks", "CELERY_TASK_DEFAULT_QUEUE_TYPE": queue_type}
+    out = subprocess.run([sys.executable, "-c", pth_import_line() + "\n" + DIRECT_QUEUES],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    assert json.loads(out) == [["default@worker1.dq2", "C.dq2", "default@worker1", arguments]] * 3

@@ -41,7 +41,8 @@ def test_example_inventory_names_only_example_hosts(env):
 
 @pytest.mark.parametrize("env", ["staging", "production"])
 def test_site_and_day_two_playbooks_parse_with_the_example_inventory(env):
-    for playbook in ("site.yml", "playbooks/deploy.yml", "playbooks/rollback.yml", "playbooks/rolling_restart.yml"):
+    for playbook in ("site.yml", "playbooks/deploy.yml", "playbooks/rollback.yml", "playbooks/rolling_restart.yml",
+                     "playbooks/broker_restart.yml"):
         ansible("ansible-playbook", "-i", f"inventory/{env}", "--syntax-check", playbook)
 
 

@@ -19,7 +19,8 @@ gets the same settings when it runs on the release's Python with the app's envir
 ``celery_fleet.pth`` calls ``configure_every_app()`` there, and every app the process creates is
 configured when its configuration is first read. Without that, such a client would miss the settings Celery does not read from the
 environment itself: on SQS the queue name prefix (its tasks would go to a queue nobody consumes),
-on a shared Redis the key prefix, on RabbitMQ publisher confirms. A process on another Python
+on a shared Redis the key prefix, on RabbitMQ publisher confirms (and, on a cluster, each
+node's own queue declared as the quorum queue the workers declare: quorum_worker_direct). A process on another Python
 calls ``celery_fleet.configure(app)`` itself.
 
 An app may send tasks by name to the apps the inventory lets it (celery_apps' ``sends_to``):
@@ -29,13 +30,14 @@ exactly that to the app's own account: publishing to the other app's queues, not
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 
-from celery import Celery, signals
+from celery import Celery
 from kombu import Queue
 from celery.app.defaults import NAMESPACES, Option, flatten
 from celery.app.utils import find_app
-from celery.utils.nodenames import worker_direct
+from celery.utils.nodenames import worker_direct as _celery_worker_direct
 
 PREFIX = "CELERY_"
 
@@ -127,29 +129,30 @@ def configure_every_app() -> None:
 
     on_init.fleet_hook = True
     Celery.on_init = on_init
+    if os.environ.get(f"{PREFIX}TASK_DEFAULT_QUEUE_TYPE") == "quorum":
+        _use_quorum_worker_direct()
 
 
-def direct_queue(app: Celery, node: str) -> Queue:
-    """Return node ``node``'s own queue (Celery's ``worker_direct``) as the fleet declares it.
+def quorum_worker_direct(hostname):
+    """Celery's ``worker_direct`` (a node's own queue), declared as a quorum queue.
 
-    On a RabbitMQ cluster every queue is a quorum queue (task_default_queue_type), this one too:
-    a classic queue lives on one node, and a worker failing over to another node could not
-    declare it while that node is down. Senders must declare it alike (smoke.py does).
+    On a RabbitMQ cluster every queue is a quorum queue: a classic one lives on one node, and a
+    worker failing over to another node could not declare its own queue while that node is down.
+    Every declaration must agree (RabbitMQ refuses a queue declared with another type), so the
+    fleet's processes get this in place of Celery's: the worker, the deploys' smoke tests, and any
+    code of the app that sends to ``worker_direct(node)``.
     """
-    queue = worker_direct(node)
-    if app.conf.task_default_queue_type == "quorum":
-        queue = Queue(queue.name, queue.exchange, queue.routing_key, queue_arguments={"x-queue-type": "quorum"})
-    return queue
+    queue = _celery_worker_direct(hostname)
+    if isinstance(hostname, Queue):
+        return queue
+    return Queue(queue.name, queue.exchange, queue.routing_key, queue_arguments={"x-queue-type": "quorum"})
 
 
-@signals.celeryd_after_setup.connect(weak=False)
-def _declare_direct_queue_as_fleet(sender: str, instance, **_) -> None:
-    # After -Q and worker_direct chose the worker's queues: its own queue, as direct_queue says.
-    app = instance.app
-    if app.conf.worker_direct and app.conf.task_default_queue_type == "quorum":
-        fleet_queue = direct_queue(app, sender)
-        if fleet_queue.name in app.amqp.queues:
-            app.amqp.queues[fleet_queue.name].queue_arguments = fleet_queue.queue_arguments
+def _use_quorum_worker_direct() -> None:
+    # Wherever Celery exposes it; modules imported later (the worker's) bind the replacement.
+    for module in ("celery.utils.nodenames", "celery.utils", "celery.worker.worker", "celery.contrib.migrate"):
+        if module in sys.modules:
+            sys.modules[module].worker_direct = quorum_worker_direct
 
 
 def _configure_own_app(sender: Celery, source, **_) -> None:

@@ -5,8 +5,7 @@ deploy or rollback restarted the node:
 
     APP NODE TASK ARGS_JSON EXPECTED_JSON TIMEOUT
 
-The task goes to the node's direct queue (Celery's `worker_direct`, declared as the fleet's
-workers declare it: celery_fleet.direct_queue), so no other worker can
+The task goes to the node's direct queue (Celery's `worker_direct`), so no other worker can
 answer for it. EXPECTED_JSON `null` accepts any successful result. Exits non-zero, saying why,
 when the task fails, times out, runs elsewhere, or returns something else.
 """
@@ -15,11 +14,11 @@ import json
 import sys
 
 from celery.app.utils import find_app
-from celery_fleet import direct_queue
+from celery.utils.nodenames import worker_direct
 
 app_name, node, task, args, expected, timeout = sys.argv[1:7]
 app = find_app(app_name)
-result = app.send_task(task, args=json.loads(args), queue=direct_queue(app, node))
+result = app.send_task(task, args=json.loads(args), queue=worker_direct(node))
 try:
     value = result.get(timeout=float(timeout))
 except Exception as error:  # the task's own exception, or a timeout
