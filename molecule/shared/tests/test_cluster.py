@@ -158,35 +158,42 @@ def test_killing_the_node_that_leads_the_queues_loses_no_task(brokers, workers, 
     time.sleep(2)
     victim.check_output("pkill -KILL -x beam.smp")
     killed = time.monotonic()
-    # New tasks flow: sent after the kill (the client fails over), each run once.
+    # Sent after the kill: the client fails over to another node.
     sent_after = json.loads(run_python(clients[0], PROBE.format(count=20)))
-    probe = sent_after["ids"]
-    flowing = wait_until(lambda: all_ran(workers, probe), 60, 0.5)
-    flow_seconds = round(time.monotonic() - killed, 1)
-    # The node's return (systemd restarts it), then the load's end: a countdown task waiting in a
-    # delayed-delivery queue that the lost node led moves on only once that node is back
-    # (RabbitMQ 3.10's quorum dead-lettering), so the count ends 90 s after the return.
+    ids = ids + sent_after["ids"]
+    # Until every task ran: the node's return (systemd restarts it), and how long the workers ever
+    # went without completing a task. A countdown task waiting in a delayed-delivery queue the lost
+    # node led moves on only once that node is back (RabbitMQ 3.10), so the count ends 90 s after
+    # the return.
     rejoin_seconds = None
     done_before_rejoin = 0
+    done, last_progress, longest_stall = 0, killed, 0.0
     deadline = killed + 180
     while True:
         counts = executions(workers, ids)
+        now = time.monotonic()
+        if sum(1 for n in counts.values() if n) > done:
+            done, last_progress = sum(1 for n in counts.values() if n), now
+        longest_stall = max(longest_stall, now - last_progress)
         if rejoin_seconds is None and running_nodes(others[0]) == set(by_node):
-            rejoin_seconds = round(time.monotonic() - killed, 1)
-            done_before_rejoin = sum(1 for n in counts.values() if n)
-            deadline = time.monotonic() + 90
-        if (rejoin_seconds is not None and all(counts.values())) or time.monotonic() > deadline:
+            rejoin_seconds = round(now - killed, 1)
+            done_before_rejoin = done
+            deadline = now + 90
+        if (rejoin_seconds is not None and done == len(ids)) or now > deadline:
             break
-        time.sleep(2)
+        time.sleep(1)
     lost = [i for i, n in counts.items() if n == 0]
     duplicated = [i for i, n in counts.items() if n > 1]
-    report("cluster-node-kill", victim=victim.backend.host, sent=len(ids), ok=len(ids) - len(lost), lost=len(lost),
-           lost_with_a_countdown=len(set(lost) & set(load["delayed"])), duplicated=len(duplicated),
-           ran_before_the_node_returned=done_before_rejoin, sends_refused=sent_after["refused"],
-           refused_for=sent_after["refused_for"], new_tasks_ran_within=flow_seconds, rejoined_within=rejoin_seconds)
-    assert flowing, f"tasks sent after the kill did not run within 60 s: {executions(workers, probe)}"
+    report("cluster-node-kill", victim=victim.backend.host, sent=len(ids), sent_after_the_kill=len(sent_after["ids"]),
+           ok=len(ids) - len(lost), lost=len(lost), lost_with_a_countdown=len(set(lost) & set(load["delayed"])),
+           duplicated=len(duplicated), ran_before_the_node_returned=done_before_rejoin,
+           sends_refused=sent_after["refused"], refused_for=sent_after["refused_for"],
+           longest_without_a_completed_task=round(longest_stall, 1), rejoined_within=rejoin_seconds)
     assert not lost, f"{len(lost)} tasks never ran: {lost[:10]}"
     assert rejoin_seconds is not None, f"{victim.backend.host} did not rejoin: {running_nodes(others[0])}"
+    # A worker whose node was lost consumes again once Celery's delayed-delivery setup has given up
+    # on that node's URL (three tries, about 10 s): measured 15 s without a completed task.
+    assert longest_stall < 30, "the workers stopped completing tasks for more than 30 s"
     assert wait_until(lambda: all(sorted(r["online"]) == sorted(by_node) for n, r in queues(victim).items()
                                   if n in ("celery", "long")), 60, 2)
 
