@@ -75,6 +75,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "monitoring: Flower, its metrics and the health check (scenarios with a flower group)")
     config.addinivalue_line("markers", "sqs: Amazon SQS as the broker (scenario sqs)")
     config.addinivalue_line("markers", "cluster: a RabbitMQ cluster of three nodes (scenario fleet)")
+    config.addinivalue_line("markers", "disrupts: kills or stops part of the scenario's fleet; runs after its other tests")
 
 
 # --- Every scenario runs as many tests as it declares ----------------------------------------------
@@ -134,9 +135,11 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_collection_modifyitems(items):
-    # The drills restart brokers and hosts, and the monitoring tests stop the broker and a worker
-    # group: they run after every other test of the scenario.
-    items.sort(key=lambda item: (item.get_closest_marker("drills") is not None, item.get_closest_marker("monitoring") is not None))
+    # The drills restart brokers and hosts (and the cluster's kill or stop its nodes: `disrupts`, a
+    # marker of its own so the drills scenario does not select them), and the monitoring tests stop
+    # the broker and a worker group: they run after every other test of the scenario.
+    items.sort(key=lambda item: (item.get_closest_marker("drills") is not None or item.get_closest_marker("disrupts") is not None,
+                                 item.get_closest_marker("monitoring") is not None))
 
 
 def ansible_playbook(playbook, *extra, env=None):
