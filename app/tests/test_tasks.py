@@ -1,5 +1,6 @@
 import json
 import socket
+import time
 
 from fleetapp import __version__, app
 from fleetapp.tasks import add, heartbeat, hostname, sleep, tracked, version
@@ -21,11 +22,15 @@ def test_heartbeat_records_host_and_time(tmp_path, monkeypatch):
 
 def test_tracked_logs_every_completed_run(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
+    sent = time.time()
     first = tracked.apply(args=(0, "t-1"), task_id="id-1")
     second = tracked.apply(args=(0, "t-2"), task_id="id-2")
     assert (first.get(), second.get()) == ("t-1", "t-2")
-    lines = (tmp_path / "fleetapp-executions.log").read_text().splitlines()
-    assert lines == [f"id-1 {socket.gethostname()}", f"id-2 {socket.gethostname()}"]
+    done = time.time()
+    lines = [line.split(" ") for line in (tmp_path / "fleetapp-executions.log").read_text().splitlines()]
+    assert [line[:2] for line in lines] == [["id-1", socket.gethostname()], ["id-2", socket.gethostname()]]
+    # When each run started, to the millisecond.
+    assert all(sent - 0.001 <= float(line[2]) <= done + 0.001 for line in lines)
 
 
 def test_beat_schedules_the_heartbeat():

@@ -46,10 +46,12 @@ def heartbeat():
 
 @app.task(bind=True)
 def tracked(self, seconds, token=None):
-    """Like ``sleep``, and logs each completed run on the worker's host (its id and the host),
-    so a load test can count how many times every task ran, across all workers."""
+    """Like ``sleep``, and logs each completed run on the worker's host (its id, the host and
+    when it started, in seconds since the epoch), so a load test can count how many times every
+    task ran, across all workers, and how late a countdown task started."""
+    started = time.time()
     time.sleep(seconds)
-    line = f"{self.request.id} {socket.gethostname()}\n"
+    line = f"{self.request.id} {socket.gethostname()} {started:.3f}\n"
     # One short O_APPEND write per run: lines from concurrent pool processes never interleave.
     with open(Path.home() / "fleetapp-executions.log", "a", encoding="ascii") as log:
         log.write(line)

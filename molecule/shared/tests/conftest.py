@@ -342,16 +342,22 @@ def send_tracked(client, count, seconds=0.0, queue="celery"):
     return json.loads(run_python(client, code, timeout=120))
 
 
-def executions(workers, ids):
-    """How many times each of `ids` ran, over every worker host."""
+def runs(workers, ids):
+    """When each of `ids` started, once per run, over every worker host (seconds since the epoch;
+    the lab's containers share this machine's clock)."""
     wanted = set(ids)
-    counts = dict.fromkeys(ids, 0)
+    started = {task_id: [] for task_id in ids}
     for worker in workers:
         for line in worker.run(f"cat {EXECUTIONS} 2>/dev/null").stdout.splitlines():
-            task_id = line.split(" ", 1)[0]
+            task_id, _, at = line.split(" ")
             if task_id in wanted:
-                counts[task_id] += 1
-    return counts
+                started[task_id].append(float(at))
+    return started
+
+
+def executions(workers, ids):
+    """How many times each of `ids` ran, over every worker host."""
+    return {task_id: len(times) for task_id, times in runs(workers, ids).items()}
 
 
 def all_ran(workers, ids):
