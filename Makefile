@@ -22,7 +22,7 @@ export FLEET_BROKER := $(BROKER)
 export FLEET_PROCESS_MANAGER := $(PM)
 export FLEET_RESULT_BACKEND := $(RESULTS)
 
-.PHONY: setup browser lab lab-down demo-broker demo client-env test lint syntax unit molecule clean bench bench-settings
+.PHONY: setup browser lab lab-down demo-broker demo client-env test test-quick lint syntax unit molecule clean bench bench-settings
 
 setup: $(VENV)/.complete
 
@@ -78,17 +78,30 @@ unit: setup
 	cd app && python -m pytest -q
 	python -m pytest -q tests
 
+# Each run through molecule/timing.py, which prints at the end (or at a failure) every run's wall
+# time, its steps' times and the cores' idle share.
 molecule: setup browser
-	for scenario in $(SCENARIOS); do molecule test --scenario-name "$$scenario"; done
+	rm -f .cache/timings.jsonl
+	for scenario in $(SCENARIOS); do python molecule/timing.py run "$$scenario" -- molecule test --scenario-name "$$scenario"; done
 	for run in $(APPS); do \
 	  IFS=: read -r broker manager tests <<< "$$run"; \
-	  APPS_BROKER=$$broker APPS_PROCESS_MANAGER=$$manager APPS_EXPECTED_TESTS=$$tests molecule test --scenario-name apps; \
+	  APPS_BROKER=$$broker APPS_PROCESS_MANAGER=$$manager APPS_EXPECTED_TESTS=$$tests \
+	    python molecule/timing.py run "apps $$broker/$$manager" -- molecule test --scenario-name apps; \
 	done
 	for run in $(DRILLS); do \
 	  IFS=: read -r broker manager from tests <<< "$$run"; \
 	  DRILLS_BROKER=$$broker DRILLS_PROCESS_MANAGER=$$manager DRILLS_SWITCHED_FROM=$$from DRILLS_EXPECTED_TESTS=$$tests \
-	    molecule test --scenario-name drills; \
+	    python molecule/timing.py run "drills $$broker/$$manager" -- molecule test --scenario-name drills; \
 	done
+	python molecule/timing.py report
+
+# The quick loop while developing: lint, syntax, unit tests and one scenario (about 5 to 12
+# minutes):  make test-quick SCENARIO=redis-supervisor
+SCENARIO ?= redis-supervisor
+test-quick: lint syntax unit
+	rm -f .cache/timings.jsonl
+	python molecule/timing.py run "$(SCENARIO)" -- molecule test --scenario-name "$(SCENARIO)"
+	python molecule/timing.py report
 
 clean: lab-down
 	rm -rf .cache
