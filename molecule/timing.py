@@ -7,7 +7,6 @@ share of the run this machine's cores were idle; `make test` prints the table at
 `run` passes the command's output through unchanged, takes a step's start from Molecule's
 "<scenario> ➜ <step>: Executing" line (a step ends where the next one starts), and appends one
 JSON line to TIMINGS; a failed run prints the table so far before it exits with the run's code.
-With FLEET_LANE set (runs in two lanes at once), each line of output starts with it.
 """
 
 import json
@@ -42,10 +41,9 @@ def run(label, command):
     idle0, total0 = cpu_times()
     started = time.monotonic()
     marks = []
-    lane = os.environ.get("FLEET_LANE", "")
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
         for line in process.stdout:
-            sys.stdout.write(lane + line)
+            sys.stdout.write(line)
             found = STEP_LINE.search(re.sub(r"\x1b\[[0-9;]*m", "", line))
             if found:
                 marks.append((time.monotonic(), found.group(1)))

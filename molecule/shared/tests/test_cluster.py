@@ -307,12 +307,12 @@ def test_killing_the_nodes_that_lead_the_queues_loses_no_task_and_delays_no_coun
                refused_for=kill["refused_for"], rejoined_within=kill["rejoined_within"])
     report("cluster-node-kills", kills=len(kills), sent=len(ids), ok=len(ids) - len(lost), lost=len(lost),
            duplicated=len(duplicated), countdown_sent=len(due), countdown_ran=len(late),
-           countdown_lost=len(set(lost) & set(due)), countdown_latest_past_due=max(late.values()),
-           steady_countdown_latest_past_due=max(steady_late), steady_countdown_median_past_due=sorted(steady_late)[len(steady_late) // 2],
+           countdown_lost=len(set(lost) & set(due)), countdown_latest_past_due=max(late.values(), default=None),
+           steady_countdown_latest_past_due=max(steady_late, default=None),
+           steady_countdown_median_past_due=sorted(steady_late)[len(steady_late) // 2] if steady_late else None,
            longest_without_a_started_task=longest_stall)
-    assert len({kill["victim"] for kill in kills}) == 2 or kills[0]["victim"] == kills[1]["victim"]
     assert not lost, f"{len(lost)} tasks never ran, {len(set(lost) & set(due))} of them countdown tasks: {lost[:10]}"
-    assert max(late.values()) < COUNTDOWN_LATE_BOUND, sorted(late.values())[-10:]
+    assert steady_late and max(late.values()) < COUNTDOWN_LATE_BOUND, sorted(late.values())[-10:]
     assert longest_stall < WORKERS_PAUSE_BOUND, f"the workers started no task for {longest_stall} s"
 
 
