@@ -147,7 +147,7 @@ print(json.dumps({{"ids": ids, "refused": refused, "refused_for": round(last_ref
 """
 
 # A steady sender: a task every 0.1 s over both queues (one in five of 1 s; one in `every` with a
-# countdown of 1 to 4 s, its due time recorded) until the stop file exists. It records each send's
+# countdown, 3 s or an expression of n, its due time recorded) until the stop file exists. It records each send's
 # outcome with its time: a refused send raises in the sender (confirms) and is counted, never
 # retried, so a confirmed id is a promise the cluster made.
 STEADY = """
@@ -160,7 +160,7 @@ ids, sent_at, refused_at, due = [], [], [], {{}}
 n = 0
 while not stop.exists():
     n += 1
-    countdown = 1 + n % 4 if n % {every} == 1 else None
+    countdown = ({countdown}) if n % {every} == 1 else None
     try:
         ids.append(tracked.apply_async((1 if n % 5 == 0 else 0,), queue=("celery", "long")[n % 2], countdown=countdown).id)
         sent_at.append(round(time.monotonic() - started, 2))
@@ -225,8 +225,8 @@ class Background:
 class SteadySender(Background):
     """STEADY in the background: a task every 0.1 s, one in `every` with a countdown."""
 
-    def __init__(self, client, every=10):
-        super().__init__(client, STEADY, "steady", every=every)
+    def __init__(self, client, every=10, countdown="3"):
+        super().__init__(client, STEADY, "steady", every=every, countdown=countdown)
 
     def longest_without_a_send(self):
         times = [0.0, *self.outcome["sent_at"]]
@@ -284,7 +284,7 @@ def test_killing_the_nodes_that_lead_the_queues_loses_no_task_and_delays_no_coun
     load = send_load(clients[0], 300)
     drill_started = time.time()
     kills = []
-    with SteadySender(clients[0], every=3) as sender:
+    with SteadySender(clients[0], every=3, countdown="1 + n % 4") as sender:
         time.sleep(2)
         kills.append(kill_node(by_node[leader_of_most(brokers[0], ("celery", "long"))], brokers, clients))
         delayed = [f"celery_delayed_{level}" for level in range(3)]
