@@ -180,3 +180,35 @@ def test_a_nodes_own_queue_is_declared_alike_everywhere(queue_type, arguments):
     out = subprocess.run([sys.executable, "-c", pth_import_line() + "\n" + DIRECT_QUEUES],
                          capture_output=True, text=True, env=env, check=True).stdout
     assert json.loads(out) == [["default@worker1.dq2", "C.dq2", "default@worker1", arguments]] * 3
+
+
+RPC_CLIENT = """
+from celery import Celery
+app = Celery("tasks", broker="pyamqp://", backend="rpc://")
+print(type(app.backend).__module__, app.conf.result_backend)
+"""
+
+
+def test_a_client_in_the_apps_environment_gets_rpc_results_whose_declaration_gives_up():
+    """Celery's rpc:// backend declares the client's reply queue before every send, retrying for
+    ever: a client whose idle connection a broker closed blocked in delay() until a broker came
+    back (drill (c) of the cluster). The fleet's declares within the publish retry policy."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT / "roles/celery_app/files"), "FLEET_APP_MODULE": "tasks"}
+    out = subprocess.run([sys.executable, "-c", pth_import_line() + "\n" + RPC_CLIENT],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["celery_fleet", "rpc://"]
+
+
+def test_the_rpc_reply_queue_is_declared_within_the_publish_retry_policy(monkeypatch):
+    import celery
+    import celery_fleet
+
+    declared = []
+    monkeypatch.setattr(celery_fleet, "maybe_declare", lambda entity, **policy: declared.append(policy))
+    app = celery_fleet.configure(celery.Celery("tasks", broker="memory://", set_as_current=False),
+                                 {"CELERY_RESULT_BACKEND": "rpc://"})
+    app.conf.task_publish_retry_policy = {"max_retries": 2, "interval_start": 0}
+    with app.producer_or_acquire() as producer:
+        app.backend.on_task_call(producer, "id-1")
+    assert isinstance(app.backend, celery_fleet.RPCBackend)
+    assert declared == [{"retry": True, "max_retries": 2, "interval_start": 0}]

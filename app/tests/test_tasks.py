@@ -31,6 +31,8 @@ def test_tracked_logs_every_completed_run(tmp_path, monkeypatch):
     assert [line[:2] for line in lines] == [["id-1", socket.gethostname()], ["id-2", socket.gethostname()]]
     # When each run started, to the millisecond.
     assert all(sent - 0.001 <= float(line[2]) <= done + 0.001 for line in lines)
+    # Run in place, not delivered by a broker: not a redelivery.
+    assert [line[3] for line in lines] == ["0", "0"]
 
 
 def test_beat_schedules_the_heartbeat():

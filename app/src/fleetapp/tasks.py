@@ -46,12 +46,14 @@ def heartbeat():
 
 @app.task(bind=True)
 def tracked(self, seconds, token=None):
-    """Like ``sleep``, and logs each completed run on the worker's host (its id, the host and
-    when it started, in seconds since the epoch), so a load test can count how many times every
-    task ran, across all workers, and how late a countdown task started."""
+    """Like ``sleep``, and logs each completed run on the worker's host (its id, the host, when it
+    started, in seconds since the epoch, and 1 when the broker redelivered it, else 0), so a load
+    test can count how many times every task ran, across all workers, how late a countdown task
+    started, and tell a redelivery (a worker's ack lost with its connection) from a second send."""
     started = time.time()
     time.sleep(seconds)
-    line = f"{self.request.id} {socket.gethostname()} {started:.3f}\n"
+    redelivered = int(bool((self.request.delivery_info or {}).get("redelivered")))
+    line = f"{self.request.id} {socket.gethostname()} {started:.3f} {redelivered}\n"
     # One short O_APPEND write per run: lines from concurrent pool processes never interleave.
     with open(Path.home() / "fleetapp-executions.log", "a", encoding="ascii") as log:
         log.write(line)

@@ -342,22 +342,27 @@ def send_tracked(client, count, seconds=0.0, queue="celery"):
     return json.loads(run_python(client, code, timeout=120))
 
 
-def runs(workers, ids):
-    """When each of `ids` started, once per run, over every worker host (seconds since the epoch;
-    the lab's containers share this machine's clock)."""
+def run_log(workers, ids):
+    """Each run of `ids` over every worker host, as (when it started, in seconds since the epoch,
+    the lab's containers sharing this machine's clock; whether the broker redelivered it)."""
     wanted = set(ids)
-    started = {task_id: [] for task_id in ids}
+    found = {task_id: [] for task_id in ids}
     for worker in workers:
         for line in worker.run(f"cat {EXECUTIONS} 2>/dev/null").stdout.splitlines():
-            task_id, _, at = line.split(" ")
+            task_id, _, at, redelivered = line.split(" ")
             if task_id in wanted:
-                started[task_id].append(float(at))
-    return started
+                found[task_id].append((float(at), redelivered == "1"))
+    return found
+
+
+def runs(workers, ids):
+    """When each of `ids` started, once per run, over every worker host."""
+    return {task_id: sorted(at for at, _ in each) for task_id, each in run_log(workers, ids).items()}
 
 
 def executions(workers, ids):
     """How many times each of `ids` ran, over every worker host."""
-    return {task_id: len(times) for task_id, times in runs(workers, ids).items()}
+    return {task_id: len(each) for task_id, each in run_log(workers, ids).items()}
 
 
 def all_ran(workers, ids):

@@ -34,7 +34,10 @@ import sys
 from collections.abc import Mapping
 
 from celery import Celery
+from celery._state import task_join_will_block
+from celery.backends.rpc import RPCBackend as _CeleryRPCBackend
 from kombu import Queue
+from kombu.common import maybe_declare
 from celery.app.defaults import NAMESPACES, Option, flatten
 from celery.app.utils import find_app
 from celery.utils.nodenames import worker_direct as _celery_worker_direct
@@ -108,7 +111,27 @@ def settings_from_environ(environ: Mapping[str, str]) -> dict:
 def configure(app: Celery, environ: Mapping[str, str] = os.environ) -> Celery:
     """Apply the deployment's settings from ``environ`` to ``app`` and return it."""
     app.conf.update(settings_from_environ(environ))
+    _use_bounded_rpc(app)
     return app
+
+
+class RPCBackend(_CeleryRPCBackend):
+    """``rpc://`` results, whose reply queue a client declares before each send within the app's
+    publish retry policy (task_publish_retry_policy), as the send itself is.
+
+    Celery's declares it retrying for ever (``maybe_declare(..., retry=True)``, no limit): a client
+    whose idle connection a broker closed (a node stopped, or paused when its cluster lost the
+    majority) then blocks in ``delay()`` until a broker is back, instead of failing in the sender.
+    """
+
+    def on_task_call(self, producer, task_id):
+        if not task_join_will_block():
+            maybe_declare(self.binding(producer.channel), retry=True, **self.app.conf.task_publish_retry_policy)
+
+
+def _use_bounded_rpc(app: Celery) -> None:
+    # The loader's own hook for a backend class per URL scheme: the setting stays rpc://.
+    app.loader.override_backends = {**app.loader.override_backends, "rpc": f"{__name__}:RPCBackend"}
 
 
 def configure_every_app() -> None:
@@ -159,6 +182,7 @@ def _configure_own_app(sender: Celery, source, **_) -> None:
     # The senders of send_task carry another app's grant, not this app's settings.
     if not getattr(sender, "fleet_sender", False):
         source.update(settings_from_environ(os.environ))
+        _use_bounded_rpc(sender)
 
 
 def send_task(target: str, name: str, args=(), kwargs=None, queue: str = "celery", environ: Mapping[str, str] = os.environ):
