@@ -338,7 +338,7 @@ def test_with_two_nodes_of_three_down_sends_fail_in_the_sender_and_confirmed_tas
     assert status.returncode != 0 and all(f"{node_name(b)} is not running" in plain(status.stdout) for b in down), status.stdout[-3000:]
     assert back, running_nodes(brokers[0])
     # Celery's rpc:// backend blocked such a send until a node was back (the fleet's gives up
-    # within the publish retry policy: measured 0.6 s).
+    # within the publish retry policy: measured 0.0 to 0.01 s here, 0.61 s on one node's URL).
     assert "OperationalError" in idle.outcome["second"] and idle.outcome["seconds"] < SEND_BOUND, idle.outcome
     assert refused_while_down, "no send failed in the sender while the majority was down"
     assert outcome["longest_send"] < SEND_BOUND, f"a send blocked the sender for {outcome['longest_send']} s"
