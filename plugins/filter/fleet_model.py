@@ -1,0 +1,243 @@
+"""The fleet's model: every app with every key filled in and what the fleet derives from it.
+
+roles/celery/vars/main.yml calls these filters once per variable it defines. They were Jinja
+templates of 60 to 70 lines each, templated again at every reference on every host: about a
+third of the controller's CPU in a no-op `site.yml` (measured in issue 25's note). Here they are
+plain Python, and tests/test_fleet_model.py checks each derived value without a host.
+"""
+
+import re
+
+from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
+
+# An app's keys and their defaults (an entry of celery_apps names at least `name`); `None`
+# stands for a default derived from the name.
+APP_DEFAULTS = {
+    "module": None, "requirements": "", "env": {}, "settings": {}, "src": "", "worker_groups": None, "sends_to": [],
+    "workers": ["workers"], "beat": False, "flower": False, "flower_users": [], "flower_url_prefix": None,
+    "smoke_task": "", "smoke_args": [], "smoke_result": None, "root": "", "env_file": "", "workdir": "",
+    "user": None, "group": None, "home": None, "broker_password": "", "broker_user": None, "broker_namespace": None,
+    "broker_url": "", "result_backend": "",
+}
+
+
+# A single-app inventory's one app: each key from its single-app variable (today's names and
+# layout: the `celery` RabbitMQ user and vhost, Redis's password account and unprefixed keys, so
+# a converged fleet keeps its queued tasks), or this default.
+SINGLE_APP_VARIABLES = {
+    "name": ("celery_app_name", "fleetapp"), "src": ("celery_app_src", ""), "module": ("celery_app_module", "fleetapp"),
+    "requirements": ("celery_app_requirements", ""), "env": ("celery_app_env", {}), "settings": ("celery_app_settings", {}),
+    "worker_groups": ("celery_worker_groups", None), "flower_users": ("celery_flower_users", []),
+    "flower_url_prefix": ("celery_flower_url_prefix", ""), "smoke_task": ("celery_worker_smoke_task", ""),
+    "smoke_args": ("celery_worker_smoke_args", []), "smoke_result": ("celery_worker_smoke_result", None),
+    "root": ("celery_app_root", ""), "env_file": ("celery_app_env_file", ""), "user": ("celery_app_user", "celery"),
+    "group": ("celery_app_group", "celery"), "home": ("celery_app_home", "/var/lib/celery"), "workdir": ("celery_app_workdir", ""),
+    "broker_url": ("celery_app_broker_url", ""), "result_backend": ("celery_app_result_backend", ""),
+}
+
+
+def _single_app(inventory, groups, broker, broker_user, broker_vhost, broker_password, flower_enabled, default_worker_groups):
+    """The one app of a single-app inventory, from the inventory's own values (`inventory`: the
+    host's hostvars, which the plays' mapping of the app at hand to celery_app_* cannot shadow)."""
+    app = {key: inventory[variable] if variable in inventory else default for key, (variable, default) in SINGLE_APP_VARIABLES.items()}
+    if app["worker_groups"] is None:
+        app["worker_groups"] = default_worker_groups
+    app.update({
+        "beat": len(groups.get("beat", [])) > 0,
+        "flower": _truth(flower_enabled),
+        "broker_user": broker_user if broker == "rabbitmq" else "",
+        "broker_password": broker_password,
+        # SQS: the app's queues are named after it.
+        "broker_namespace": broker_vhost if broker == "rabbitmq" else app["name"] if broker == "sqs" else "",
+    })
+    return app
+
+
+def _unique(items):
+    """Items in their first order, each once (Ansible's `unique`, which also takes dicts)."""
+    kept = []
+    for item in items:
+        if item not in kept:
+            kept.append(item)
+    return kept
+
+
+def _truth(value):
+    return boolean(value, strict=False)
+
+
+def _present(group):
+    return group.get("state", "present") == "present"
+
+
+def _app(entry, fleet, several, flowers_before):
+    name = entry["name"]
+    app = dict(APP_DEFAULTS, module=name, worker_groups=fleet["default_worker_groups"], flower_url_prefix=name,
+               user=f"celery-{name}", group=f"celery-{name}", home=f"/var/lib/celery-{name}",
+               broker_user=name, broker_namespace=name)
+    app.update(entry)
+    groups = fleet["groups"]
+    broker = fleet["broker"]
+    namespace = app["broker_namespace"]
+    workers = []
+    for pattern in app["workers"]:
+        workers.extend(groups[pattern] if pattern in groups else [pattern])
+    redis_user = app["broker_user"] if several else ""
+    redis_url = f"redis://{redis_user}:{app['broker_password']}@{fleet['broker_host']}:{fleet['redis_port']}"
+    queue_prefix = f"{fleet['sqs_queue_name_prefix']}{namespace}-" if broker == "sqs" else ""
+    # SQS: no credentials in any URL (boto3 reads them from the environment file or the instance
+    # role). A RabbitMQ cluster: one URL per node, `;`-separated (kombu fails over in that order).
+    broker_urls = {
+        "rabbitmq": ";".join(f"amqp://{app['broker_user']}:{app['broker_password']}@{host}:{fleet['rabbitmq_port']}/{namespace}"
+                             for host in fleet["broker_hosts"]),
+        "redis": f"{redis_url}/0",
+        "sqs": "sqs://",
+    }
+    result_urls = {"rpc": "rpc://", "redis": f"{redis_url}/1", "none": "",
+                   "dynamodb": f"dynamodb://@{fleet['sqs_region']}/{queue_prefix}results"}
+    app.update({
+        "root": app["root"] or f"/opt/{name}",
+        "env_file": app["env_file"] or f"/etc/celery-fleet/{name}.env",
+        "flower_config_file": f"/etc/celery-fleet/{name}-flower.py",
+        "flower_user": f"flower-{name}" if several else "flower",
+        "flower_port": int(fleet["flower_port"]) + flowers_before,
+        "flower_htpasswd": f"/etc/nginx/{name}-flower.htpasswd",
+        "worker_hosts": _unique(workers),
+        "beat_hosts": list(groups.get("beat", [])) if _truth(app["beat"]) else [],
+        "flower_hosts": list(groups.get("flower", [])) if _truth(app["flower"]) else [],
+        "redis_user": redis_user,
+        "key_prefix": f"{namespace}:" if several and broker == "redis" and namespace else "",
+        "queue_prefix": queue_prefix,
+        "broker_url": app["broker_url"] or broker_urls[broker],
+        "result_backend": app["result_backend"] or result_urls[fleet["result_backend"]],
+    })
+    app["process_hosts"] = _unique(app["worker_hosts"] + app["beat_hosts"] + app["flower_hosts"])
+    app["hosts"] = _unique(app["process_hosts"] + list(groups.get("clients", [])))
+    # Groups without a state first, then those present (as the Jinja model ordered them).
+    groups_in_order = [g for g in app["worker_groups"] if "state" not in g] + [g for g in app["worker_groups"] if g.get("state") == "present"]
+    app["queues"] = _unique(q for g in _unique(groups_in_order) for q in g.get("queues", ["celery"]))
+    # SQS: the queues whose visibility timeout the fleet sets (the worker groups' own queues too).
+    direct = [f"{g['name']}@{host}.dq2" for g in app["worker_groups"] if _present(g) for host in app["worker_hosts"]]
+    app["sqs_queues"] = app["queues"] + direct if broker == "sqs" else []
+    return app
+
+
+def celery_fleet_apps(celery_apps, inventory, groups, broker, result_backend, broker_host, broker_hosts, redis_port, rabbitmq_port,
+                      sqs_queue_name_prefix, sqs_region, flower_port, default_worker_groups, broker_user, broker_vhost,
+                      broker_password, flower_enabled):
+    """Every app of the fleet (celery_apps, or the single app of the inventory's single-app
+    variables) with every key filled in, its hosts, its broker URLs, and what it may send to other
+    apps (`send_to`: the other app's queues, reached with the sender's own account: on RabbitMQ on
+    the other vhost, on Redis under the other prefix)."""
+    groups = {k: list(v) for k, v in groups.items()}
+    several = len(celery_apps) > 0
+    entries = celery_apps if several else [_single_app(inventory, groups, broker, broker_user, broker_vhost, broker_password,
+                                                       flower_enabled, default_worker_groups)]
+    fleet = {"groups": groups, "broker": broker, "result_backend": result_backend,
+             "broker_host": broker_host, "broker_hosts": list(broker_hosts), "redis_port": redis_port, "rabbitmq_port": rabbitmq_port,
+             "sqs_queue_name_prefix": sqs_queue_name_prefix, "sqs_region": sqs_region, "flower_port": flower_port,
+             "default_worker_groups": default_worker_groups}
+    apps = []
+    for entry in entries:
+        if "name" not in entry:
+            raise AnsibleFilterError("every entry of celery_apps needs a name")
+        apps.append(_app(dict(entry), fleet, several, sum(1 for a in apps if _truth(a["flower"]))))
+    for app in apps:
+        app["send_to"] = {
+            target["name"]: {
+                "queues": target["queues"],
+                "url": ";".join(re.sub(r"/[^/]*$", "/" + (target["broker_namespace"] if broker == "rabbitmq" else "0"), url)
+                                for url in app["broker_url"].split(";")),
+                "transport_options": {"confirm_publish": True} if broker == "rabbitmq" else {"global_keyprefix": target["key_prefix"]},
+            }
+            for target in apps if target["name"] in app["sends_to"]
+        }
+    return apps
+
+
+def celery_rabbitmq_users(apps, flower_enabled, flower_api_user, flower_api_password):
+    """RabbitMQ's users: each app's, on its own vhost, and with Flower the management API's. An
+    app that sends to another may publish to that app's queues' exchanges and nothing else (no
+    configure, so no queue can be deleted; no read; not amq.default, through which any queue of
+    the vhost is reached). The API's user may see every Flower app's vhost (the API lists a
+    vhost's queues only to its users) but its permissions match no resource (^$)."""
+    namespaces = {app["name"]: app["broker_namespace"] for app in apps}
+    nothing = {"configure_priv": "^$", "write_priv": "^$", "read_priv": "^$"}
+    users = []
+    for app in apps:
+        sends = [{"vhost": namespaces[target], "configure_priv": "^$",
+                  "write_priv": "^(" + "|".join(re.escape(q) for q in grant["queues"]) + ")$", "read_priv": "^$"}
+                 for target, grant in app["send_to"].items()]
+        users.append({"name": app["broker_user"], "password": app["broker_password"], "permissions": [{"vhost": app["broker_namespace"]}] + sends})
+    if _truth(flower_enabled):
+        users.append({"name": flower_api_user, "password": flower_api_password, "tags": "monitoring",
+                      "permissions": [dict(nothing, vhost=app["broker_namespace"]) for app in apps if _truth(app["flower"])]})
+    return users
+
+
+def celery_redis_users(apps):
+    """Redis's ACL users: with several apps, each app's, confined to its own key prefix, and
+    allowed to push onto the queues' keys of the apps it sends to when Redis is the broker (a
+    single app keeps the password account)."""
+    return [{"name": app["redis_user"], "password": app["broker_password"], "prefix": app["key_prefix"],
+             "pushes": [grant["transport_options"]["global_keyprefix"] + queue for grant in app["send_to"].values()
+                        if "global_keyprefix" in grant["transport_options"] for queue in grant["queues"]]}
+            for app in apps if app["redis_user"]]
+
+
+def celery_apps_rules(entries, apps, keys, hosts, flower_enabled, single_app_variables_set):
+    """The rules of a list of apps, one message each naming the entry and its key ({ok, msg})."""
+    rules = []
+    names = [str(entry.get("name", "")) for entry in entries]
+    for index, entry in enumerate(entries):
+        where = f"celery_apps[{index}]"
+        name = str(entry.get("name", ""))
+        unknown = [key for key in entry if key not in keys]
+        rules += [
+            {"ok": bool(re.match(r"^[a-z][a-z0-9_]*$", name)),
+             "msg": f"{where}.name ({name}) is required: lower-case letters, digits and `_`, starting with a letter."},
+            {"ok": names.count(name) == 1, "msg": f"{where}.name ({name}) names another app too: each app needs its own name."},
+            {"ok": not unknown, "msg": f"{where} ({name}) has keys no app takes: {', '.join(unknown)} (known: {', '.join(keys)})."},
+        ]
+    app_names = [app["name"] for app in apps]
+    for index, app in enumerate(apps):
+        where = f"celery_apps[{index}]"
+        namespace, user = str(app["broker_namespace"]), str(app["broker_user"])
+        missing_hosts = [host for host in app["worker_hosts"] if host not in hosts]
+        unknown_targets = [target for target in app["sends_to"] if target not in app_names]
+        flower = _truth(app["flower"])
+        prefixes = [a["flower_url_prefix"] for a in apps if _truth(a["flower"])]
+        rules += [
+            {"ok": [a["broker_namespace"] for a in apps].count(namespace) == 1 and bool(re.match(r"^[A-Za-z0-9_-]+$", namespace)),
+             "msg": f"{where}.broker_namespace ({namespace}) must be letters, digits, `_` or `-`, and no other app's:"
+                    " apps sharing a namespace share their queues."},
+            {"ok": [a["broker_user"] for a in apps].count(user) == 1 and bool(re.match(r"^[A-Za-z0-9._-]+$", user)) and user not in ("guest", "default"),
+             "msg": f"{where}.broker_user ({user}) must be letters, digits and `._-`, not guest or default, and no other app's."},
+            {"ok": not missing_hosts,
+             "msg": f"{where}.workers ({', '.join(app['workers'])}) names hosts or groups the inventory does not have: {', '.join(missing_hosts)}."},
+            {"ok": not flower or len(app["flower_users"]) > 0 or not entries,
+             "msg": f"{where}.flower_users (app {app['name']}) is required with flower: its Flower's own logins."},
+            {"ok": not flower or _truth(flower_enabled),
+             "msg": f"{where}.flower (app {app['name']}) needs celery_flower_enabled: it makes the releases carry Flower and workers send events."},
+            {"ok": not flower or prefixes.count(app["flower_url_prefix"]) == 1,
+             "msg": f"{where}.flower_url_prefix ({app['flower_url_prefix']}) is another Flower's path too: each app's Flower needs its own."},
+            {"ok": not unknown_targets and app["name"] not in app["sends_to"],
+             "msg": f"{where}.sends_to ({', '.join(app['sends_to'])}) must name other apps of celery_apps; unknown: {', '.join(unknown_targets)}."},
+            {"ok": len(app["worker_hosts"]) > 0 and len(app["worker_groups"]) > 0,
+             "msg": f"{where}.workers and .worker_groups (app {app['name']}) need at least one host and one group: nothing would take its tasks."},
+        ]
+    for variable in single_app_variables_set:
+        key = re.sub(r"^celery_(app_|worker_(?=smoke))?", "", variable)
+        rules.append({"ok": False, "msg": f"{variable} is a single-app variable, ignored with celery_apps: set the matching key of each app ({key}) instead."})
+    return rules
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "celery_fleet_apps": celery_fleet_apps,
+            "celery_rabbitmq_users": celery_rabbitmq_users,
+            "celery_redis_users": celery_redis_users,
+            "celery_apps_rules": celery_apps_rules,
+        }

@@ -1,0 +1,155 @@
+"""The fleet's model (plugins/filter/fleet_model.py): every derived value and every rule of a
+list of apps, without a host."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "filter"))
+
+from fleet_model import celery_apps_rules, celery_fleet_apps, celery_rabbitmq_users, celery_redis_users  # noqa: E402
+
+GROUPS = {"all": ["b1", "b2", "b3", "w1", "w2", "web1"], "brokers": ["b1"], "workers": ["w1", "w2"], "beat": ["w1"],
+          "flower": ["w1"], "clients": ["web1"]}
+DEFAULT_GROUPS = [{"name": "default", "queues": ["celery"]}]
+KEYS = ["name", "src", "module", "requirements", "env", "settings", "worker_groups", "workers", "beat", "smoke_task",
+        "smoke_args", "smoke_result", "root", "env_file", "workdir", "user", "group", "home", "broker_user",
+        "broker_password", "broker_namespace", "sends_to", "flower", "flower_users", "flower_url_prefix"]
+
+
+def model(apps=(), inventory=None, **fleet):
+    """The model of a fleet: the lab's choices (Redis on b1), overridden by `fleet`."""
+    choices = dict(groups=GROUPS, broker="redis", result_backend="redis", broker_host="b1", broker_hosts=["b1"], redis_port=6379,
+                   rabbitmq_port=5672, sqs_queue_name_prefix="", sqs_region="eu-west-1", flower_port=5555,
+                   default_worker_groups=DEFAULT_GROUPS, broker_user="celery", broker_vhost="celery", broker_password="p" * 16,
+                   flower_enabled=True)
+    choices.update(fleet)
+    return celery_fleet_apps(list(apps), inventory or {}, **choices)
+
+
+def test_a_single_app_keeps_the_single_app_layout():
+    (app,) = model()
+    assert app["name"] == "fleetapp" and app["module"] == "fleetapp"
+    assert (app["root"], app["env_file"], app["user"], app["home"]) == ("/opt/fleetapp", "/etc/celery-fleet/fleetapp.env", "celery", "/var/lib/celery")
+    # Redis's password account and unprefixed keys: a converged fleet keeps its queued tasks.
+    assert app["broker_url"] == "redis://:" + "p" * 16 + "@b1:6379/0"
+    assert app["result_backend"] == "redis://:" + "p" * 16 + "@b1:6379/1"
+    assert (app["redis_user"], app["key_prefix"], app["flower_user"]) == ("", "", "flower")
+    assert app["worker_hosts"] == ["w1", "w2"] and app["beat_hosts"] == ["w1"] and app["flower_hosts"] == ["w1"]
+    assert app["process_hosts"] == ["w1", "w2"] and app["hosts"] == ["w1", "w2", "web1"]
+    assert app["queues"] == ["celery"] and app["sqs_queues"] == [] and app["send_to"] == {}
+
+
+def test_a_single_app_takes_the_inventorys_single_app_variables():
+    inventory = {"celery_app_name": "tutorial", "celery_app_module": "tasks", "celery_app_root": "/srv/tutorial",
+                 "celery_worker_groups": [{"name": "long", "queues": ["long", "celery"], "concurrency": 2}],
+                 "celery_app_broker_url": "rediss://elsewhere:6380/0"}
+    (app,) = model(inventory=inventory, flower_enabled="false", groups=dict(GROUPS, beat=[]))
+    assert (app["name"], app["module"], app["root"], app["env_file"]) == ("tutorial", "tasks", "/srv/tutorial", "/etc/celery-fleet/tutorial.env")
+    assert app["queues"] == ["long", "celery"]
+    assert app["broker_url"] == "rediss://elsewhere:6380/0", "a URL the inventory gives itself wins"
+    assert app["beat_hosts"] == [] and app["flower_hosts"] == [] and app["flower"] is False
+
+
+def test_a_rabbitmq_cluster_gives_one_url_per_node_on_the_apps_vhost():
+    (app,) = model(broker="rabbitmq", result_backend="rpc", broker_hosts=["b1", "b2", "b3"], broker_vhost="jobs")
+    pw = "p" * 16
+    assert app["broker_url"] == ";".join(f"amqp://celery:{pw}@{h}:5672/jobs" for h in ("b1", "b2", "b3"))
+    assert app["result_backend"] == "rpc://" and app["broker_namespace"] == "jobs"
+
+
+def test_sqs_names_the_apps_queues_and_results_and_carries_no_credentials():
+    groups = [{"name": "default", "queues": ["celery"]}, {"name": "old", "queues": ["gone"], "state": "absent"}]
+    (app,) = model(inventory={"celery_worker_groups": groups}, broker="sqs", result_backend="dynamodb",
+                   sqs_queue_name_prefix="prod-", flower_enabled=False)
+    assert app["broker_url"] == "sqs://" and app["queue_prefix"] == "prod-fleetapp-"
+    assert app["result_backend"] == "dynamodb://@eu-west-1/prod-fleetapp-results"
+    # A removed group's queue is not the app's any more; each present group's direct queue is.
+    assert app["sqs_queues"] == ["celery", "default@w1.dq2", "default@w2.dq2"]
+
+
+TWO_APPS = [
+    {"name": "shop", "flower": True, "flower_users": [{"name": "a", "password": "x"}], "sends_to": ["mail"],
+     "broker_password": "s" * 16, "worker_groups": [{"name": "default", "queues": ["celery", "orders.v1"]}]},
+    {"name": "mail", "workers": ["w2"], "beat": "yes", "broker_password": "m" * 16},
+    {"name": "search", "flower": True, "flower_users": [{"name": "b", "password": "y"}], "broker_password": "q" * 16},
+]
+
+
+def test_several_apps_each_get_their_own_account_prefix_and_flower_port():
+    shop, mail, search = model(TWO_APPS)
+    assert (shop["user"], shop["home"], shop["flower_user"]) == ("celery-shop", "/var/lib/celery-shop", "flower-shop")
+    assert shop["broker_url"] == "redis://shop:" + "s" * 16 + "@b1:6379/0" and shop["key_prefix"] == "shop:"
+    assert mail["worker_hosts"] == ["w2"] and mail["beat_hosts"] == ["w1"] and mail["process_hosts"] == ["w2", "w1"]
+    # Flower ports count only the apps with a Flower before them.
+    assert (shop["flower_port"], search["flower_port"]) == (5555, 5556)
+    assert shop["flower_url_prefix"] == "shop" and mail["flower_hosts"] == []
+
+
+def test_an_app_sends_to_another_with_its_own_account_on_redis_and_rabbitmq():
+    shop = model(TWO_APPS)[0]
+    assert shop["send_to"] == {"mail": {"queues": ["celery"], "url": "redis://shop:" + "s" * 16 + "@b1:6379/0",
+                                        "transport_options": {"global_keyprefix": "mail:"}}}
+    shop = model(TWO_APPS, broker="rabbitmq", result_backend="rpc", broker_hosts=["b1", "b2", "b3"])[0]
+    assert shop["send_to"]["mail"]["url"] == ";".join(f"amqp://shop:{'s' * 16}@{h}:5672/mail" for h in ("b1", "b2", "b3"))
+    assert shop["send_to"]["mail"]["transport_options"] == {"confirm_publish": True}
+
+
+def test_broker_accounts_grant_an_app_its_namespace_and_the_queues_it_sends_to_only():
+    apps = model(TWO_APPS, broker="rabbitmq", result_backend="rpc")
+    users = {u["name"]: u for u in celery_rabbitmq_users(apps, True, "flower-monitor", "f" * 16)}
+    assert users["shop"]["permissions"] == [{"vhost": "shop"}, {"vhost": "mail", "configure_priv": "^$", "write_priv": "^(celery)$", "read_priv": "^$"}]
+    assert users["mail"]["permissions"] == [{"vhost": "mail"}]
+    assert [p["vhost"] for p in users["flower-monitor"]["permissions"]] == ["shop", "search"]
+    assert all(p["write_priv"] == p["read_priv"] == p["configure_priv"] == "^$" for p in users["flower-monitor"]["permissions"])
+    assert "flower-monitor" not in {u["name"] for u in celery_rabbitmq_users(apps, "false", "flower-monitor", "")}
+
+    redis = {u["name"]: u for u in celery_redis_users(model(TWO_APPS))}
+    assert redis["shop"] == {"name": "shop", "password": "s" * 16, "prefix": "shop:", "pushes": ["mail:celery"]}
+    # RabbitMQ carries the tasks: a Redis for the results pushes onto no app's queues.
+    assert all(not u["pushes"] for u in celery_redis_users(apps))
+    assert celery_redis_users(model()) == [], "a single app keeps Redis's password account"
+
+
+def failing(entries, flower_enabled=True, single_app_variables_set=()):
+    apps = model(entries, flower_enabled=flower_enabled)
+    return [rule["msg"] for rule in celery_apps_rules(entries, apps, KEYS, GROUPS["all"], flower_enabled, single_app_variables_set) if not rule["ok"]]
+
+
+def test_a_valid_list_of_apps_passes_every_rule():
+    assert failing(TWO_APPS) == []
+
+
+# (the change to TWO_APPS, the messages it must give and no other). A renamed app's namespace
+# and user follow its name (a second `shop` shares the first one's), and `shop` sends to `mail`.
+@pytest.mark.parametrize("change, messages", [
+    ({1: {"name": "shop"}}, ["celery_apps[0].name (shop) names another app too", "celery_apps[1].name (shop) names another app too",
+                             "celery_apps[0].broker_namespace (shop)", "celery_apps[0].broker_user (shop)",
+                             "celery_apps[1].broker_namespace (shop)", "celery_apps[1].broker_user (shop)",
+                             "celery_apps[0].sends_to (mail) must name other apps of celery_apps; unknown: mail."]),
+    ({1: {"name": "Mail App"}}, ["celery_apps[1].name (Mail App) is required: lower-case letters", "celery_apps[1].broker_namespace (Mail App)",
+                                 "celery_apps[1].broker_user (Mail App)", "celery_apps[0].sends_to (mail)"]),
+    ({1: {"queue": "x"}}, ["celery_apps[1] (mail) has keys no app takes: queue"]),
+    ({1: {"broker_namespace": "shop"}}, ["celery_apps[0].broker_namespace (shop) must be letters", "celery_apps[1].broker_namespace (shop)"]),
+    ({1: {"broker_user": "guest"}}, ["celery_apps[1].broker_user (guest) must be letters"]),
+    ({1: {"workers": ["w9"]}}, ["celery_apps[1].workers (w9) names hosts or groups the inventory does not have: w9."]),
+    ({2: {"flower_users": []}}, ["celery_apps[2].flower_users (app search) is required with flower"]),
+    ({2: {"flower_url_prefix": "shop"}}, ["celery_apps[0].flower_url_prefix (shop) is another Flower's path too",
+                                          "celery_apps[2].flower_url_prefix (shop) is another Flower's path too"]),
+    ({0: {"sends_to": ["post"]}}, ["celery_apps[0].sends_to (post) must name other apps of celery_apps; unknown: post."]),
+    ({0: {"sends_to": ["shop"]}}, ["celery_apps[0].sends_to (shop) must name other apps"]),
+    ({1: {"worker_groups": []}}, ["celery_apps[1].workers and .worker_groups (app mail) need at least one host and one group"]),
+])
+def test_each_wrong_entry_is_refused_by_its_own_rule(change, messages):
+    entries = [dict(entry, **change.get(index, {})) for index, entry in enumerate(TWO_APPS)]
+    found = failing(entries)
+    assert len(found) == len(messages) and all(any(f.startswith(m) for f in found) for m in messages), found
+
+
+def test_flower_apps_need_flower_enabled_and_single_app_variables_are_refused_with_a_list():
+    assert failing(TWO_APPS, flower_enabled=False) == [
+        f"celery_apps[{i}].flower (app {name}) needs celery_flower_enabled: it makes the releases carry Flower and workers send events."
+        for i, name in ((0, "shop"), (2, "search"))]
+    assert failing(TWO_APPS, single_app_variables_set=["celery_worker_smoke_task"]) == [
+        "celery_worker_smoke_task is a single-app variable, ignored with celery_apps: set the matching key of each app (smoke_task) instead."]
