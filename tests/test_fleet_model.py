@@ -8,7 +8,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "filter"))
 
-from fleet_model import celery_apps_rules, celery_fleet_apps, celery_rabbitmq_users, celery_redis_users  # noqa: E402
+from fleet_model import (  # noqa: E402
+    celery_apps_rules,
+    celery_fleet_apps,
+    celery_fleet_refusals,
+    celery_rabbitmq_users,
+    celery_redis_users,
+)
 
 GROUPS = {"all": ["b1", "b2", "b3", "w1", "w2", "web1"], "brokers": ["b1"], "workers": ["w1", "w2"], "beat": ["w1"],
           "flower": ["w1"], "clients": ["web1"]}
@@ -153,3 +159,46 @@ def test_flower_apps_need_flower_enabled_and_single_app_variables_are_refused_wi
         for i, name in ((0, "shop"), (2, "search"))]
     assert failing(TWO_APPS, single_app_variables_set=["celery_worker_smoke_task"]) == [
         "celery_worker_smoke_task is a single-app variable, ignored with celery_apps: set the matching key of each app (smoke_task) instead."]
+
+
+GOOD_SQS = {"region": "eu-west-1", "queue_name_prefix": "prod-", "wait_time_seconds": 1, "polling_interval": 0.1,
+            "aws_access_key_id": "", "aws_secret_access_key": "", "endpoint_url": "", "dynamodb_endpoint_url": "", "flower_enabled": False}
+GOOD_CLUSTER = {"brokers": ["b1", "b2", "b3"], "nodes": ["rabbit@b1", "rabbit@b2", "rabbit@b3"], "broker_hosts": ["b1", "b2", "b3"],
+                "delivery_limit": 20}
+
+
+def refusals(broker="redis", result_backend="redis", sqs=None, cluster=None, **changes):
+    choices = dict(broker_user="celery", broker_vhost="celery", ack_timeout=7200)
+    choices.update(changes)
+    return celery_fleet_refusals(model(broker=broker, result_backend=result_backend), broker=broker, result_backend=result_backend,
+                                 sqs=sqs, cluster=cluster, apps_rules=[], **choices)
+
+
+def test_a_good_fleet_breaks_no_fleet_wide_rule():
+    assert refusals() == {"choices": [], "sqs": [], "cluster": [], "apps": []}
+    assert refusals("sqs", "dynamodb", sqs=GOOD_SQS)["sqs"] == []
+    assert refusals("rabbitmq", "rpc", cluster=GOOD_CLUSTER)["cluster"] == []
+
+
+# (the topic, what is wrong, the start of the one message it gives). Values typed with -e arrive
+# as strings: "30" is a number of seconds, as the Jinja rules read it.
+@pytest.mark.parametrize("topic, wrong, message", [
+    ("choices", dict(result_backend="rpc"), "celery_result_backend rpc needs celery_broker rabbitmq (got redis)"),
+    ("choices", dict(broker_user="guest"), "celery_broker_user (guest) takes letters"),
+    ("choices", dict(broker_vhost="a/b"), "celery_broker_vhost (a/b) takes letters"),
+    ("choices", dict(ack_timeout="0"), "celery_broker_ack_timeout must be a positive number of seconds (got 0)"),
+    ("sqs", dict(broker="sqs", result_backend="dynamodb", sqs=dict(GOOD_SQS, wait_time_seconds="30")), "celery_sqs_wait_time_seconds (30) must be 0 to 20"),
+    ("sqs", dict(broker="sqs", result_backend="dynamodb", sqs=dict(GOOD_SQS, region="Europe")), "celery_sqs_region (Europe) must be an AWS region"),
+    ("sqs", dict(broker="sqs", result_backend="dynamodb", sqs=dict(GOOD_SQS, aws_access_key_id="AKIAIOSFODNN7EXAMPLE")),
+     "celery_aws_access_key_id and celery_aws_secret_access_key go together"),
+    ("sqs", dict(broker="sqs", result_backend="dynamodb", sqs=dict(GOOD_SQS, flower_enabled="true")), "celery_flower_enabled needs remote control"),
+    ("sqs", dict(broker="sqs", result_backend="dynamodb", ack_timeout=50000, sqs=GOOD_SQS), "celery_broker_ack_timeout (50000 s) is SQS's visibility timeout"),
+    ("cluster", dict(broker="rabbitmq", result_backend="rpc", cluster=dict(GOOD_CLUSTER, delivery_limit="1")), "celery_rabbitmq_delivery_limit (1) must be at least 2"),
+    ("cluster", dict(broker="rabbitmq", result_backend="rpc", cluster=dict(GOOD_CLUSTER, nodes=["rabbit@b1", "rabbit@b1", "rabbit@b3"])),
+     "celery_rabbitmq_node_host must differ from host to host"),
+    ("cluster", dict(broker="rabbitmq", result_backend="rpc", cluster=dict(GOOD_CLUSTER, broker_hosts=["b1"])), "celery_broker_hosts lists 1 addresses"),
+])
+def test_each_fleet_wide_rule_refuses_with_its_own_message(topic, wrong, message):
+    found = refusals(**wrong)
+    assert [m[:len(message)] for m in found[topic]] == [message], found
+    assert all(not messages for other, messages in found.items() if other != topic), found

@@ -8,7 +8,6 @@ plain Python, and tests/test_fleet_model.py checks each derived value without a 
 
 import re
 
-from ansible.errors import AnsibleFilterError
 from ansible.module_utils.parsing.convert_bool import boolean
 
 # An app's keys and their defaults (an entry of celery_apps names at least `name`); `None`
@@ -140,9 +139,8 @@ def celery_fleet_apps(celery_apps, inventory, groups, broker, result_backend, br
              "default_worker_groups": default_worker_groups}
     apps = []
     for entry in entries:
-        if "name" not in entry:
-            raise AnsibleFilterError("every entry of celery_apps needs a name")
-        apps.append(_app(dict(entry), fleet, several, sum(1 for a in apps if _truth(a["flower"]))))
+        # An entry without a name is refused by celery_apps_rules, which needs the rest anyway.
+        apps.append(_app(dict(entry, name=str(entry.get("name", ""))), fleet, several, sum(1 for a in apps if _truth(a["flower"]))))
     for app in apps:
         app["send_to"] = {
             target["name"]: {
@@ -233,6 +231,94 @@ def celery_apps_rules(entries, apps, keys, hosts, flower_enabled, single_app_var
     return rules
 
 
+def _int(value):
+    """Jinja's `int`: a number, a numeric string (decimals cut), or 0."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        try:
+            return int(float(value))
+        except (TypeError, ValueError):
+            return 0
+
+
+def _float(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _matches(pattern, value):
+    return re.match(pattern, "" if value is None else str(value)) is not None
+
+
+def celery_fleet_refusals(apps, broker, result_backend, broker_user, broker_vhost, ack_timeout, sqs, cluster, apps_rules):
+    """The fleet-wide rules no argument spec can express, by topic ({choices, sqs, cluster,
+    apps}: the messages of the rules that fail, each naming its variable; empty lists on a good
+    inventory). `sqs`: the SQS settings when SQS carries the tasks, else None; `cluster`: the
+    RabbitMQ cluster's brokers, nodes, broker_hosts and delivery_limit when there is one, else
+    None; `apps_rules`: celery_apps_rules of a list of apps."""
+    rules = {"choices": [
+        (result_backend != "rpc" or broker == "rabbitmq",
+         f"celery_result_backend rpc needs celery_broker rabbitmq (got {broker}"
+         + (": SQS has no reply queues, a client waiting for an rpc result fails" if broker == "sqs" else "")
+         + "); with sqs choose dynamodb, redis or none."),
+        (result_backend != "none" or not any(app["smoke_task"] for app in apps),
+         "celery_worker_smoke_task (or an app's smoke_task) needs a result backend: with celery_result_backend none"
+         " the deploys could not read the smoke task's result."),
+        (_matches(r"^[A-Za-z0-9._-]+$", broker_user) and broker_user != "guest",
+         f"celery_broker_user ({broker_user}) takes letters, digits and `._-`, and is not guest."),
+        (_matches(r"^[A-Za-z0-9._-]+$", broker_vhost), f"celery_broker_vhost ({broker_vhost}) takes letters, digits and `._-`."),
+        (_int(ack_timeout) > 0, f"celery_broker_ack_timeout must be a positive number of seconds (got {ack_timeout})."),
+    ], "sqs": [], "cluster": [], "apps": [(rule["ok"], rule["msg"]) for rule in apps_rules]}
+    if sqs is not None:
+        key_id, secret = sqs["aws_access_key_id"] or "", sqs["aws_secret_access_key"] or ""
+        rules["sqs"] = [
+            (_matches(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$", sqs["region"]), f"celery_sqs_region ({sqs['region']}) must be an AWS region such as eu-west-1."),
+            (_matches(r"^[A-Za-z0-9_-]{0,40}$", sqs["queue_name_prefix"]),
+             f"celery_sqs_queue_name_prefix ({sqs['queue_name_prefix']}) takes up to 40 letters, digits, `_` and `-` (SQS's queue names)."),
+            (_int(ack_timeout) <= 43200, f"celery_broker_ack_timeout ({ack_timeout} s) is SQS's visibility timeout: at most 43200 s (12 hours)."),
+            (0 <= _int(sqs["wait_time_seconds"]) <= 20,
+             f"celery_sqs_wait_time_seconds ({sqs['wait_time_seconds']}) must be 0 to 20 (SQS's long polling)."),
+            (_float(sqs["polling_interval"]) >= 0, f"celery_sqs_polling_interval ({sqs['polling_interval']}) must not be negative."),
+            ((len(key_id) > 0) == (len(secret) > 0),
+             "celery_aws_access_key_id and celery_aws_secret_access_key go together: give both (vault them), or neither for the instance role."),
+            (_matches(r"^([A-Z0-9]{16,128})?$", key_id), "celery_aws_access_key_id is not an AWS access key id (16 or more upper-case letters and digits)."),
+            (_matches(r"^([A-Za-z0-9/+=]{16,})?$", secret),
+             "celery_aws_secret_access_key is not an AWS secret access key (16 or more letters, digits and `/+=`)."),
+            (_matches(r"^(https?://[A-Za-z0-9.:-]+/?)?$", sqs["endpoint_url"]),
+             f"celery_sqs_endpoint_url ({sqs['endpoint_url']}) takes http(s)://HOST[:PORT], or nothing for AWS's."),
+            (_matches(r"^(https?://[A-Za-z0-9.:-]+/?)?$", sqs["dynamodb_endpoint_url"]),
+             f"celery_dynamodb_endpoint_url ({sqs['dynamodb_endpoint_url']}) takes http(s)://HOST[:PORT], or nothing for AWS's."),
+            (not _truth(sqs["flower_enabled"]),
+             "celery_flower_enabled needs remote control and events, which SQS does not carry: Flower would show no worker and no task."
+             " With SQS, playbooks/workers.yml's status action shows each process and each queue's depth."),
+            (not any(_matches(r"^sqs://[^/]*@", app["broker_url"]) for app in apps),
+             "celery_app_broker_url has credentials in it: with SQS they go in celery_aws_access_key_id and celery_aws_secret_access_key"
+             " (vault them; written only to the environment file), or leave both empty for the instance role."),
+            (not any(app["sends_to"] for app in apps),
+             "celery_apps' sends_to needs the redis or rabbitmq broker: with SQS, grant another app's queues in IAM, outside the fleet."),
+        ]
+    if cluster is not None:
+        brokers, nodes, limit = list(cluster["brokers"]), list(cluster["nodes"]), cluster["delivery_limit"]
+        listed = ", ".join(nodes)
+        rules["cluster"] = [
+            (len(brokers) >= 3 and len(brokers) % 2 == 1,
+             f"The `brokers` group has {len(brokers)} hosts ({', '.join(brokers)}): with RabbitMQ, one host runs a single node and 3, 5 or 7"
+             " a cluster. With 2, losing either stops every quorum queue; an even count can split into halves that both pause"
+             " (pause_minority) and gains nothing over one node fewer."),
+            (len(set(nodes)) == len(nodes), f"celery_rabbitmq_node_host must differ from host to host (the cluster's nodes: {listed})."),
+            (all(_matches(r"^rabbit@[A-Za-z0-9-]+$", node) for node in nodes),
+             f"celery_rabbitmq_node_host takes a short host name, letters, digits and `-`, no dots (the cluster's nodes: {listed})."),
+            (_int(limit) >= 2,
+             f"celery_rabbitmq_delivery_limit ({limit}) must be at least 2: a task interrupted once by a warm stop or a node loss is delivered again."),
+            (len(cluster["broker_hosts"]) == len(brokers),
+             f"celery_broker_hosts lists {len(cluster['broker_hosts'])} addresses for the {len(brokers)} hosts of `brokers`: one each."),
+        ]
+    return {topic: [message for ok, message in found if not ok] for topic, found in rules.items()}
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -240,4 +326,5 @@ class FilterModule:
             "celery_rabbitmq_users": celery_rabbitmq_users,
             "celery_redis_users": celery_redis_users,
             "celery_apps_rules": celery_apps_rules,
+            "celery_fleet_refusals": celery_fleet_refusals,
         }
