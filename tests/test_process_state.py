@@ -54,3 +54,27 @@ def test_systemd_reads_the_units_journal_since_the_start(tmp_path, monkeypatch):
     assert asked.read_text().split() == ["--no-pager", "--output=cat", "--since=@1795980600", "--unit=celery-fleetapp@worker-long.service"]
     (tmp_path / "journal").write_text(f"[2026-11-29 19:30:01,123: INFO/MainProcess] {NODE} ready.\n")
     assert logged_ready(query, "worker-long", NODE, 1795980600.7)
+
+
+def test_systemd_unit_running_an_old_input_and_disabled_is_restarted_and_enabled(tmp_path, monkeypatch):
+    """A unit started before its environment file changed is restarted; one not enabled at boot is
+    also in `start` (started and enabled), since `systemctl restart` does not enable it."""
+    from process_state import converge
+
+    fake = tmp_path / "systemctl"
+    show = (f"Id=celery-fleetapp@worker-long.service\nLoadState=loaded\nActiveState=active\nSubState=running\n"
+            f"UnitFileState={{state}}\nNeedDaemonReload=no\nMainPID={os.getpid()}\n")
+    fake.write_text(f'#!/bin/sh\ncase "$1" in show) cat {tmp_path / "show"};; esac\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    env_file = tmp_path / "env"
+    env_file.write_text("changed after this process started\n")
+    os.utime(env_file, (time.time() + 5, time.time() + 5))  # well after this process's start
+    query = {"manager": "systemd", "prefix": "celery-fleetapp", "wanted": ["worker-long"], "inputs": [str(env_file)],
+             "unit_dir": str(tmp_path)}
+    (tmp_path / "show").write_text(show.format(state="enabled"))
+    enabled = converge(query)
+    assert (enabled["restart"], enabled["start"]) == (["worker-long"], [])
+    (tmp_path / "show").write_text(show.format(state="disabled"))
+    disabled = converge(query)
+    assert (disabled["restart"], disabled["start"]) == (["worker-long"], ["worker-long"])

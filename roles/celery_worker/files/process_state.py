@@ -116,8 +116,8 @@ def converge(query):
         process["started"] = began
         if began is not None and began + CLOCK_SLACK < newest:
             restart.append(name)
-        elif not process.get("enabled", True):
-            start.append(name)  # systemd: running but not enabled at boot
+        if not process.get("enabled", True):
+            start.append(name)  # systemd: running but not enabled at boot (a restart does not enable)
     return {"processes": found, "apply": apply, "daemon_reload": reload, "stop": stop,
             "restart": restart, "start": start}
 
