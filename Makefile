@@ -11,10 +11,10 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # the other); apps and drills give the number of tests their verify must run (conftest fails it
 # when fewer do), drills last its broker's ack timeout: the shortest the rules allow, so that a
 # drill waits it out in seconds (Redis: above the drills' task time limit of 20 s plus 5 s of soft
-# shutdown; RabbitMQ checks consumer timeouts once a minute and the role refuses less than 60 s). Two lanes at once were tried and measured: the seven runs before fleet took
-# 21.5 minutes of wall time against about 24 one after another (each ran about twice as slowly
-# beside the other: on 2 cores they are CPU-bound), and sqs's rolling restart then ran a task
-# twice. One lane.
+# shutdown; RabbitMQ checks consumer timeouts once a minute and the role refuses less than 60 s).
+# Two lanes at once were tried and measured: the seven runs before fleet took 21.5 minutes of
+# wall time against about 24 one after another (each ran about twice as slowly beside the other:
+# on 2 cores they are CPU-bound), and sqs's rolling restart then ran a task twice. One lane.
 RUNS := redis-supervisor rabbitmq-systemd fleet sqs staging-ssh django-app \
   apps:redis:supervisor:18 apps:rabbitmq:systemd:18 \
   drills:redis:systemd:supervisor:33:30 drills:rabbitmq:supervisor:systemd:31:60

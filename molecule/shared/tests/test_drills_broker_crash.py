@@ -7,8 +7,9 @@ the worker (never from the result backend); duplicates are counted and printed. 
 were running at the kill must complete within RUNNING_TASKS_BOUND seconds of the broker's
 return: on Redis they finish where they run (their acknowledgement reaches Redis once it is
 back), on RabbitMQ they are cancelled and redelivered. The bound is shorter than the drills'
-ack timeout (30 s on Redis) less the few seconds a running task can have waited since its delivery, so on
-Redis it cannot be met by the visibility-timeout sweep: only by the running task itself.
+ack timeout (30 s on Redis) less the few seconds a running task can have waited since its
+delivery, so on Redis it cannot be met by the visibility-timeout sweep: only by the running task
+itself.
 """
 
 import json
