@@ -17,7 +17,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # on 2 cores they are CPU-bound), and sqs's rolling restart then ran a task twice. One lane.
 RUNS := redis-supervisor rabbitmq-systemd fleet sqs staging-ssh django-app \
   apps:redis:supervisor:18 apps:rabbitmq:systemd:18 \
-  drills:redis:systemd:supervisor:33:30 drills:rabbitmq:supervisor:systemd:31:60
+  drills:redis:systemd:supervisor:31:30 drills:rabbitmq:supervisor:systemd:28:60
 # The lab's broker, process manager and (optional) result backend; inventory/lab reads them
 # from the environment:  make demo BROKER=rabbitmq PM=systemd [RESULTS=redis]
 BROKER ?= redis

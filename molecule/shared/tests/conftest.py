@@ -76,6 +76,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "sqs: Amazon SQS as the broker (scenario sqs)")
     config.addinivalue_line("markers", "cluster: a RabbitMQ cluster of three nodes (scenario fleet)")
     config.addinivalue_line("markers", "disrupts: kills or stops part of the scenario's fleet; runs after its other tests")
+    config.addinivalue_line("markers", "manager_operations: a warm stop and the status, stop and start actions; proven once per"
+                            " process manager (redis-supervisor, fleet), not again in the drills")
 
 
 # --- Every scenario runs as many tests as it declares ----------------------------------------------

@@ -2,10 +2,10 @@
 deploy, version 1 everywhere after the rollback, each of them restarting every worker process,
 and a deploy whose smoke test fails stops at its first host and leaves every host on version 1.
 
-The scenario's side effect (molecule/fleet/deploys.yml) records, just before the deploy and
-right after each step, the version each worker group reported through its own queue, each
-host's `current` release and each worker host's process table, in fleet-results/ of the
-scenario's ephemeral directory. No side effect, no files: every test fails. A scenario without
+The scenario's side effect (molecule/fleet/deploys.yml, failed_deploy.yml) records, just before
+the deploy and right after each step, the version each worker group reported through its own
+queue, each host's `current` release and each worker host's process table, in fleet-results/ of
+the scenario's ephemeral directory. No side effect, no files: every test fails. A scenario without
 the rolling load (FLEET_ROLLING_LOAD) runs no deploys: there each test is skipped, visibly.
 """
 
@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import WORKER_GROUPS, celery_main_processes, hostname
 
-# Scenario fleet's side effect; scenario sqs runs the same one.
-pytestmark = [pytest.mark.fleet_app, pytest.mark.sqs]
+# Scenario fleet's side effect; scenario sqs runs its deploy and rollback (marked sqs), not the
+# failing deploy (molecule/fleet/failed_deploy.yml).
+pytestmark = pytest.mark.fleet_app
 
 RESULTS = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "fleet-results"
 
@@ -52,19 +53,23 @@ def expect_every_worker_restarted(before, after, workers):
         assert len(old) == len(new) == len(WORKER_GROUPS) and not old & new, (name, sorted(old), sorted(new))
 
 
+@pytest.mark.sqs
 def test_a_deploy_puts_version_2_on_every_worker(deploys, workers):
     expect_everywhere(stage("before-deploy"), workers, "1.0.0")
     expect_everywhere(stage("deployed"), workers, "2.0.0")
 
 
+@pytest.mark.sqs
 def test_a_deploy_restarts_every_worker_process(deploys, workers):
     expect_every_worker_restarted(stage("before-deploy"), stage("deployed"), workers)
 
 
+@pytest.mark.sqs
 def test_a_rollback_puts_version_1_back_on_every_worker(deploys, workers):
     expect_everywhere(stage("rolled-back"), workers, "1.0.0")
 
 
+@pytest.mark.sqs
 def test_a_rollback_restarts_every_worker_process(deploys, workers):
     expect_every_worker_restarted(stage("deployed"), stage("rolled-back"), workers)
 

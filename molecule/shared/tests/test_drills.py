@@ -220,6 +220,8 @@ BAD_INPUTS = [
 
 
 def test_drill_bad_inputs_fail_before_any_host_changes(brokers, workers):
+    if BROKER != "redis":
+        pytest.skip("the refusals come before any host changes and name no broker or manager: the Redis drills run them")
     hosts = brokers + workers
     before = mark_hosts(hosts, [BROKER_SERVICE])
     # The two cases that need a file: a second inventory that adds a beat host, and requirements.

@@ -306,6 +306,7 @@ def test_beats_periodic_task_runs_on_a_worker(workers):
     assert fresh, f"no heartbeat ran in the 25 s after {since}; last: {latest()}"
 
 
+@pytest.mark.manager_operations
 def test_a_stop_is_warm_and_lets_the_running_task_finish(clients, workers):
     """A stop by the process manager lets a running task finish (SIGTERM to the main process only).
 
@@ -400,6 +401,7 @@ def test_the_switch_left_nothing_under_the_other_manager(workers):
 
 # --- Fleet operations (playbooks/workers.yml) ----------------------------------------------------
 
+@pytest.mark.manager_operations
 def test_the_status_action_reports_every_process_and_names_a_stopped_one(workers, beat_hosts):
     status = workers_playbook("status")
     assert status.returncode == 0, status.stdout[-3000:]
