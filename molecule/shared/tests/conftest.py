@@ -316,6 +316,16 @@ def wait_until(check, timeout, interval=1.0):
         time.sleep(interval)
 
 
+def settled(worker, timeout=30):
+    """The host's processes once every one is RUNNING (supervisor says STARTING until a program
+    has run startsecs), or as they are when `timeout` runs out."""
+    def all_running():
+        found = processes(worker)
+        return found if all(state == "RUNNING" for state, _ in found.values()) else None
+
+    return wait_until(all_running, timeout) or processes(worker)
+
+
 def inspect(h, command, destination=None, timeout=5):
     """`celery inspect COMMAND --json` on host h; the parsed replies ({} when none answered)."""
     where = f" --destination={destination}" if destination else ""

@@ -33,6 +33,7 @@ from conftest import (
     refusal_problems,
     report,
     send_tracked,
+    settled,
     start_process,
     stop_process,
     wait_until,
@@ -247,16 +248,6 @@ def command_line(worker, instance):
     return worker.check_output(f"tr '\\0' ' ' < /proc/{pid}/cmdline") if pid else ""
 
 
-def settled(worker, timeout=30):
-    """The host's processes once every one is RUNNING (supervisor says STARTING until a program
-    has run startsecs), or as they are when `timeout` runs out."""
-    def all_running():
-        found = processes(worker)
-        return found if all(state == "RUNNING" for state, _ in found.values()) else None
-
-    return wait_until(all_running, timeout) or processes(worker)
-
-
 def process_file(instance):
     """Where the process manager reads one of the app's processes from."""
     if PM == "supervisor":
@@ -300,15 +291,24 @@ def remove_by_hand(worker, instance):
                             " && systemctl daemon-reload")
 
 
-def test_drill_processes_stopped_or_removed_by_hand_come_back_after_site_yml(clients, workers):
-    """One worker group stopped by hand, beat's program or unit file deleted: the next site.yml
-    starts the one and brings back the other, and reports the change (worker-long also goes back
-    to the configuration the inventory names, after the drill above)."""
+def rabbitmq_users(broker):
+    """RabbitMQ's users and their tags."""
+    return {u["user"]: sorted(u["tags"]) for u in json.loads(broker.check_output("rabbitmqctl -q list_users --formatter json"))}
+
+
+def test_drill_processes_stopped_or_removed_by_hand_come_back_after_site_yml(brokers, clients, workers):
+    """One worker group stopped by hand, beat's program or unit file deleted (on RabbitMQ also
+    guest added back and the app's user made an administrator): the next site.yml starts the one,
+    brings back the other, sets the broker's users back, and reports the change (worker-long also
+    goes back to the configuration the inventory names, after the drill above)."""
     worker = workers[0]
     assert stop_process(worker, "worker-default").rc == 0
     remove_by_hand(worker, "beat")
     before = processes(worker)
     assert before["worker-default"][0] != "RUNNING" and before.get("beat", ("GONE", 0))[0] != "RUNNING", before
+    if BROKER == "rabbitmq":
+        users = rabbitmq_users(brokers[0])
+        brokers[0].check_output("rabbitmqctl -q add_user guest guest && rabbitmqctl -q set_user_tags celery administrator")
 
     done = ansible_playbook("site.yml")
     after = settled(worker)
@@ -316,6 +316,8 @@ def test_drill_processes_stopped_or_removed_by_hand_come_back_after_site_yml(cli
     counts = wait_until(lambda: all_ran(workers, ids), 60, 1)
     report("stopped-by-hand", before={k: v[0] for k, v in before.items()}, after={k: v[0] for k, v in after.items()},
            changed=recap(done.stdout), ran=sum(1 for n in (counts or {}).values() if n))
+    if BROKER == "rabbitmq":
+        assert rabbitmq_users(brokers[0]) == users, "site.yml did not set the broker's users back"
     assert done.returncode == 0, plain(done.stdout)[-3000:]
     assert recap(done.stdout)[worker.backend.host] > 0, "site.yml reported no change"
     assert all(after[name][0] == "RUNNING" for name in ("worker-default", "worker-long", "beat")), after
