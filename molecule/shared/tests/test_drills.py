@@ -316,9 +316,9 @@ def test_drill_processes_stopped_or_removed_by_hand_come_back_after_site_yml(bro
     counts = wait_until(lambda: all_ran(workers, ids), 60, 1)
     report("stopped-by-hand", before={k: v[0] for k, v in before.items()}, after={k: v[0] for k, v in after.items()},
            changed=recap(done.stdout), ran=sum(1 for n in (counts or {}).values() if n))
+    assert done.returncode == 0, plain(done.stdout)[-3000:]
     if BROKER == "rabbitmq":
         assert rabbitmq_users(brokers[0]) == users, "site.yml did not set the broker's users back"
-    assert done.returncode == 0, plain(done.stdout)[-3000:]
     assert recap(done.stdout)[worker.backend.host] > 0, "site.yml reported no change"
     assert all(after[name][0] == "RUNNING" for name in ("worker-default", "worker-long", "beat")), after
     assert "--concurrency=1 " in command_line(worker, "worker-long")
