@@ -16,7 +16,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # wall time against about 24 one after another (each ran about twice as slowly beside the other:
 # on 2 cores they are CPU-bound), and sqs's rolling restart then ran a task twice. One lane.
 RUNS := redis-supervisor rabbitmq-systemd fleet sqs staging-ssh django-app \
-  apps:redis:supervisor:18 apps:rabbitmq:systemd:18 \
+  apps:redis:supervisor:20 apps:rabbitmq:systemd:20 \
   drills:redis:systemd:supervisor:31:30 drills:rabbitmq:supervisor:systemd:28:60
 # The lab's broker, process manager and (optional) result backend; inventory/lab reads them
 # from the environment:  make demo BROKER=rabbitmq PM=systemd [RESULTS=redis]

@@ -6,9 +6,6 @@
 # manager, with that broker ack timeout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Mitogen's strategies (mitogen_linear, mitogen_free), which most runs use (.config/molecule/config.yml).
-ANSIBLE_STRATEGY_PLUGINS=$(python -c 'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__) + "/plugins/strategy")')
-export ANSIBLE_STRATEGY_PLUGINS
 for run in "$@"; do
   IFS=: read -r scenario broker manager third fourth fifth <<< "$run"
   case "$scenario" in

@@ -9,11 +9,12 @@ visibly. The name sorts first, so these checks see the fleet as the roll left it
 """
 
 import json
+import math
 import os
 from collections import Counter
 
 import pytest
-from conftest import WORKER_GROUPS, celery_main_processes, run_python
+from conftest import NAME_PREFIX, PM, WORKER_GROUPS, celery_main_processes, run_python
 
 pytestmark = pytest.mark.fleet_app
 
@@ -62,11 +63,14 @@ def test_the_load_ran_and_every_task_ran_exactly_once(load, clients, workers):
     assert set(completions) <= set(sent), "a tracked task ran that the load never sent"
 
 
+def roll_marks(client):
+    """When the roll began and ended (epoch seconds, the mtimes of the side effect's marks)."""
+    return tuple(float(client.check_output(f"stat -c %.3Y {load_file(client, name).path}")) for name in ("roll-start", "stop"))
+
+
 def test_every_queue_kept_a_consumer_throughout_the_roll(load, clients):
     client = clients[0]
-    roll_start, roll_end = (
-        float(client.check_output(f"stat -c %.3Y {load_file(client, name).path}")) for name in ("roll-start", "stop")
-    )
+    roll_start, roll_end = roll_marks(client)
     samples = json.loads(load_file(client, "samples.json").content_string)
     during = [s for s in samples if roll_start <= s["at"] <= roll_end]
     print(f"\nroll took {roll_end - roll_start:.1f} s; {len(during)} consumer samples during it")
@@ -76,6 +80,51 @@ def test_every_queue_kept_a_consumer_throughout_the_roll(load, clients):
     assert len(during) >= (roll_end - roll_start) / 3, len(during)
     empty = [s for s in during if min(s["consumers"].values()) < 1]
     assert empty == [], empty[:3]
+
+
+def stops_and_readies(worker, since, until):
+    """{worker group instance: ([times it began a warm stop], [times it logged `ready.`])} from
+    the host's journal between two epoch times: journald stamps each line as it arrives, and every
+    container reads the same clock. Celery writes `worker: Warm shutdown (MainProcess)` the moment
+    SIGTERM reaches it (it stops consuming then) and `<node> ready.` once it consumes its queues."""
+    found = {f"worker-{group}": ([], []) for group in WORKER_GROUPS}
+    journal = worker.check_output(f"journalctl --no-pager --output=json --since=@{int(since)} --until=@{int(until) + 1}"
+                                  f" --unit='{NAME_PREFIX}@worker-*.service'")
+    for entry in map(json.loads, journal.splitlines()):
+        at, instance = int(entry["__REALTIME_TIMESTAMP"]) / 1e6, entry.get("SYSLOG_IDENTIFIER", "").removeprefix(f"{NAME_PREFIX}-")
+        message = entry.get("MESSAGE") if isinstance(entry.get("MESSAGE"), str) else ""
+        if instance in found and since <= at <= until:
+            if message.strip() == "worker: Warm shutdown (MainProcess)":
+                found[instance][0].append(at)
+            elif message.endswith(" ready."):
+                found[instance][1].append(at)
+    return found
+
+
+def test_each_host_consumed_again_before_the_next_host_began_to_stop(load, clients, workers):
+    """The roll's promise, from what the workers logged as it happened: in roll order, every
+    worker group of a host is consuming again (`ready.` after its warm stop) before the first
+    group of the next host begins to stop, and the last host's before the roll ends. A gap of any
+    length fails, however short. Read up to the load's end, before the deploys restart again."""
+    if PM != "systemd":
+        pytest.skip("supervisor's log gives Celery's warm-stop line no time; the systemd journal does (scenario fleet)")
+    roll_start, roll_end = roll_marks(clients[0])
+    load_end = float(clients[0].check_output(f"stat -c %.3Y {load_file(clients[0], 'summary.json').path}"))
+    hosts = []
+    for worker in workers:
+        events = stops_and_readies(worker, roll_start, load_end)
+        for instance, (stops, _) in events.items():
+            assert stops and stops[0] < roll_end, (worker.backend.host, instance, "began no warm stop during the roll")
+        began = min(stops[0] for stops, _ in events.values())
+        consuming = max(next((at for at in readies if at > stops[0]), math.inf) for stops, readies in events.values())
+        hosts.append((began, consuming, worker.backend.host))
+    hosts.sort()
+    print("\n" + "\n".join(f"{name}: began to stop at +{began - roll_start:.2f} s, all consuming again at +{consuming - roll_start:.2f} s"
+                           for began, consuming, name in hosts) + f"\nroll ended at +{roll_end - roll_start:.2f} s")
+    assert len(hosts) >= 2, hosts
+    deadlines = [(began, f"{name} began to stop") for began, _, name in hosts[1:]] + [(roll_end, "the roll ended")]
+    for (_, consuming, name), (deadline, what) in zip(hosts, deadlines):
+        assert consuming < deadline, f"{what} {consuming - deadline:.2f} s before every worker group of {name} consumed again"
 
 
 @pytest.mark.sqs
