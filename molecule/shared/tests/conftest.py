@@ -40,6 +40,8 @@ APP = os.environ.get("FLEET_APP_NAME", "fleetapp")
 RUN = f"/opt/{APP}/bin/run"
 ENV_FILE = f"/etc/celery-fleet/{APP}.env"
 NAME_PREFIX = f"celery-{APP}"
+# The broker's systemd unit on a broker host (Redis and RabbitMQ alike run under systemd).
+BROKER_SERVICE = "rabbitmq-server" if BROKER == "rabbitmq" else "redis-server"
 
 
 def _worker_groups():
@@ -384,6 +386,10 @@ def all_ran(workers, ids):
 
 def variables_named(text):
     return set(re.findall(r"\b(?:celery|rabbitmq|redis)_[a-z_]+\b", text))
+
+
+def broker_pid(broker):
+    return int(broker.check_output(f"systemctl show -p MainPID --value {BROKER_SERVICE}"))
 
 
 def refusals(stdout):

@@ -63,9 +63,14 @@ def test_the_load_ran_and_every_task_ran_exactly_once(load, clients, workers):
     assert set(completions) <= set(sent), "a tracked task ran that the load never sent"
 
 
+def mark_time(client, name):
+    """When the side effect wrote one of the load's files (epoch seconds, its mtime)."""
+    return float(client.check_output(f"stat -c %.3Y {load_file(client, name).path}"))
+
+
 def roll_marks(client):
-    """When the roll began and ended (epoch seconds, the mtimes of the side effect's marks)."""
-    return tuple(float(client.check_output(f"stat -c %.3Y {load_file(client, name).path}")) for name in ("roll-start", "stop"))
+    """When the roll began and ended."""
+    return mark_time(client, "roll-start"), mark_time(client, "stop")
 
 
 def test_every_queue_kept_a_consumer_throughout_the_roll(load, clients):
@@ -109,7 +114,7 @@ def test_each_host_consumed_again_before_the_next_host_began_to_stop(load, clien
     if PM != "systemd":
         pytest.skip("supervisor's log gives Celery's warm-stop line no time; the systemd journal does (scenario fleet)")
     roll_start, roll_end = roll_marks(clients[0])
-    load_end = float(clients[0].check_output(f"stat -c %.3Y {load_file(clients[0], 'summary.json').path}"))
+    load_end = mark_time(clients[0], "summary.json")
     hosts = []
     for worker in workers:
         events = stops_and_readies(worker, roll_start, load_end)

@@ -17,6 +17,7 @@ import pytest
 from conftest import (
     ACK_TIMEOUT,
     BROKER,
+    BROKER_SERVICE,
     ENV_FILE,
     NAME_PREFIX,
     PM,
@@ -24,6 +25,7 @@ from conftest import (
     WORKER_GROUPS,
     all_ran,
     ansible_playbook,
+    broker_pid,
     executions,
     host_state,
     inspect,
@@ -42,7 +44,6 @@ from conftest import (
 
 pytestmark = pytest.mark.drills
 
-BROKER_SERVICE = "rabbitmq-server" if BROKER == "rabbitmq" else "redis-server"
 INVENTORY_DIR = Path(os.environ.get("MOLECULE_INVENTORY_FILE", "/nonexistent")).parent
 
 
@@ -54,10 +55,6 @@ def worker_pids(worker):
 def nodes_answer(worker):
     nodes = {f"{group}@{worker.backend.host}" for group in WORKER_GROUPS}
     return nodes <= set(inspect(worker, "ping", timeout=3))
-
-
-def broker_pid(broker):
-    return int(broker.check_output(f"systemctl show -p MainPID --value {BROKER_SERVICE}"))
 
 
 # --- 1. A worker killed mid-task ---------------------------------------------------------------

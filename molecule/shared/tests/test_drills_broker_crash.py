@@ -18,8 +18,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import ACK_TIMEOUT, BROKER, WORKER_GROUPS, inspect, run_python, wait_until
-from test_drills import BROKER_SERVICE, broker_pid, executions, report
+from conftest import ACK_TIMEOUT, BROKER, BROKER_SERVICE, WORKER_GROUPS, broker_pid, inspect, run_python, wait_until
+from test_drills import executions, report
 
 pytestmark = pytest.mark.drills
 

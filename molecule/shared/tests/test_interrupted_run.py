@@ -20,7 +20,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import BROKER, INVENTORY, ansible_playbook, plain, processes, required_group, secret
+from conftest import BROKER, BROKER_SERVICE, INVENTORY, ansible_playbook, broker_pid, plain, processes, required_group, secret
 
 pytestmark = [pytest.mark.apps, pytest.mark.disrupts]
 
@@ -32,7 +32,6 @@ BROKER_SETTING = {
     "rabbitmq": ("rabbitmq_vm_memory_high_watermark", 0.41, "/etc/rabbitmq/rabbitmq.conf:vm_memory_high_watermark.relative = 0.41",
                  "rabbitmqctl -q eval 'vm_memory_monitor:get_vm_memory_high_watermark().'"),
 }.get(BROKER)
-BROKER_SERVICE = "rabbitmq-server" if BROKER == "rabbitmq" else "redis-server"
 # nginx's site changes with the scrapers' allow-list: 127.0.0.2 (loopback too) gets /metrics.
 METRICS_ALLOW = "127.0.0.1,127.0.0.2"
 # Fails `nginx -t` while it is there.
@@ -43,7 +42,7 @@ CHANGED_APP, OTHER_APP = "fleetapp", "tutorial"
 
 
 def broker_state(broker):
-    return {"pid": broker.check_output(f"systemctl show -p MainPID --value {BROKER_SERVICE}"),
+    return {"pid": broker_pid(broker),
             "setting": broker.check_output(BROKER_SETTING[3]).strip()}
 
 

@@ -19,6 +19,7 @@ import pytest
 from conftest import (
     APP,
     BROKER,
+    BROKER_SERVICE,
     RUNNER,
     WORKER_GROUPS,
     ansible_playbook,
@@ -44,7 +45,6 @@ pytestmark = pytest.mark.monitoring
 PREFIX = "/" + os.environ["FLEET_FLOWER_URL_PREFIX"].strip("/") if os.environ.get("FLEET_FLOWER_URL_PREFIX") else ""
 # Screenshots stay after the scenario's hosts are gone: .cache/artifacts/<scenario>/ (ignored by git).
 ARTIFACTS = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")) / ".cache" / "artifacts" / os.environ.get("MOLECULE_SCENARIO_NAME", "")
-BROKER_SERVICE = "rabbitmq-server" if BROKER == "rabbitmq" else "redis-server"
 FLOWER_CONFIG = f"/etc/celery-fleet/{APP}-flower.py"
 
 
