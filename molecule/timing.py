@@ -7,6 +7,8 @@ share of the run this machine's cores were idle; `make test` prints the table at
 `run` passes the command's output through unchanged, takes a step's start from Molecule's
 "<scenario> ➜ <step>: Executing" line (a step ends where the next one starts), and appends one
 JSON line to TIMINGS; a failed run prints the table so far before it exits with the run's code.
+With FLEET_LANE set (a lane of runs beside another), each line of output starts with it, and the
+table's last line gives the wall time from the first run's start to the last one's end.
 """
 
 import json
@@ -39,17 +41,18 @@ def step_seconds(marks, ended):
 
 def run(label, command):
     idle0, total0 = cpu_times()
-    started = time.monotonic()
+    began, started = time.time(), time.monotonic()
     marks = []
+    lane = os.environ.get("FLEET_LANE", "")
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
         for line in process.stdout:
-            sys.stdout.write(line)
+            sys.stdout.write(lane + line)
             found = STEP_LINE.search(re.sub(r"\x1b\[[0-9;]*m", "", line))
             if found:
                 marks.append((time.monotonic(), found.group(1)))
     ended = time.monotonic()
     idle1, total1 = cpu_times()
-    record = {"run": label, "seconds": round(ended - started, 1), "steps": step_seconds(marks, ended),
+    record = {"run": lane + label, "began": began, "ended": time.time(), "seconds": round(ended - started, 1), "steps": step_seconds(marks, ended),
               "idle": round((idle1 - idle0) / max(total1 - total0, 1), 3), "rc": process.returncode}
     TIMINGS.parent.mkdir(parents=True, exist_ok=True)
     with TIMINGS.open("a") as out:
@@ -67,6 +70,8 @@ def table(records):
                      f"{r['idle']:.0%}", "yes" if r["rc"] == 0 else "FAILED"])
     total = sum(r["seconds"] for r in records)
     rows.append(["all runs", f"{total / 60:.1f}m", *([""] * len(STEPS)), "", ""])
+    wall = max(r["ended"] for r in records) - min(r["began"] for r in records)
+    rows.append(["wall time", f"{wall / 60:.1f}m", *([""] * len(STEPS)), "", ""])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
                      for row in rows)

@@ -24,4 +24,16 @@ def test_a_run_records_its_steps_its_idle_share_and_its_code(tmp_path, monkeypat
     assert 0 <= record["idle"] <= 1
     out = capsys.readouterr().out
     assert "converge: Executing" in out, "the run's own output passes through"
-    assert "FAILED" in out.splitlines()[-2], "a failed run prints the table"
+    assert "FAILED" in out.splitlines()[-3], "a failed run prints the table"
+
+
+def test_a_lane_marks_its_lines_and_the_table_gives_the_wall_time_of_runs_side_by_side(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(timing, "TIMINGS", tmp_path / "timings.jsonl")
+    monkeypatch.setenv("FLEET_LANE", "[drills] ")
+    assert timing.run("d", ["python3", "-c", "print('hello')"]) == 0
+    assert "[drills] hello" in capsys.readouterr().out
+    assert json.loads((tmp_path / "timings.jsonl").read_text())["run"] == "[drills] d"
+    records = [{"run": name, "began": began, "ended": began + seconds, "seconds": seconds, "steps": {}, "idle": 0.5, "rc": 0}
+               for name, began, seconds in (("a", 0.0, 600.0), ("b", 60.0, 600.0), ("c", 660.0, 120.0))]
+    lines = timing.table(records).splitlines()
+    assert lines[-2].split()[:3] == ["all", "runs", "22.0m"] and lines[-1].split()[:3] == ["wall", "time", "13.0m"]

@@ -21,6 +21,7 @@ from conftest import (
     BROKER,
     BROKER_SERVICE,
     RUNNER,
+    STOCK_ANSIBLE,
     WORKER_GROUPS,
     ansible_playbook,
     get,
@@ -250,7 +251,7 @@ def test_bad_flower_settings_fail_before_any_host_changes(flower):
 
     def attempt(case):
         variables, expected = case
-        return expected, ansible_playbook("site.yml", "-e", json.dumps(variables))
+        return expected, ansible_playbook("site.yml", "-e", json.dumps(variables), env=STOCK_ANSIBLE)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(attempt, FLOWER_BAD_INPUTS))
@@ -269,7 +270,7 @@ def test_bad_flower_settings_fail_before_any_host_changes(flower):
 def test_a_verbose_run_prints_no_flower_secret():
     secrets = {name: secret(name) for name in ("flower_password", "flower_cookie_secret", "broker_password")
                + (("flower_broker_api_password",) if BROKER == "rabbitmq" else ())}
-    done = ansible_playbook("site.yml", "-vvv")
+    done = ansible_playbook("site.yml", "-vvv", env=STOCK_ANSIBLE)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
     # A rerun of a converged fleet changes nothing on any host (every host of the inventory in the recap).

@@ -22,6 +22,7 @@ do not resolve to wheels, do not pin what they name, or bring a Celery this flee
 """
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -168,6 +169,14 @@ def pinned(installs: list[dict], app_name: str | None) -> list[str]:
 def build(args, digest: str, lines: list[str], extras: list[str]) -> dict:
     cache = Path(args.cache).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
+    # One build of a release at a time: a second run (another project's, or a second lane of the
+    # suite) waits, then finds the archive; setuptools also writes build/ into the app's tree.
+    with open(cache / f".{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build_locked(args, cache, digest, lines, extras)
+
+
+def build_locked(args, cache: Path, digest: str, lines: list[str], extras: list[str]) -> dict:
     found = sorted(cache.glob(f"*-{digest}.tar"))
     if found and Path(str(found[0]) + ".json").exists():
         return dict(json.loads(Path(str(found[0]) + ".json").read_text()), changed=False)
