@@ -78,3 +78,45 @@ def test_systemd_unit_running_an_old_input_and_disabled_is_restarted_and_enabled
     (tmp_path / "show").write_text(show.format(state="disabled"))
     disabled = converge(query)
     assert (disabled["restart"], disabled["start"]) == (["worker-long"], ["worker-long"])
+
+
+def manager_reads(monkeypatch, manager, reads, clock):
+    """Fake the process manager's successive reads ({name: (state, pid)} each) and the clock: every
+    read is 1 s after the one before, and every PID started at 0."""
+    import process_state
+
+    states = iter(reads)
+
+    def read(query):
+        clock[0] += 1.0
+        return {name: {"state": state, "pid": pid} for name, (state, pid) in next(states).items()}, [], False, []
+
+    monkeypatch.setattr(process_state, manager, read)
+    monkeypatch.setattr(process_state, "started_at", lambda pid: 0.0)
+    monkeypatch.setattr(process_state.time, "time", lambda: clock[0])
+    monkeypatch.setattr(process_state.time, "sleep", lambda seconds: None)
+    return process_state.unsteady
+
+
+def test_a_process_restarted_under_the_same_name_before_its_seconds_is_unsteady(monkeypatch):
+    """systemd restarts a beat that dies at start (Restart=always): it looks active between tries,
+    on another PID each time; a steady Flower beside it passes once it has run 3 s."""
+    unsteady = manager_reads(monkeypatch, "systemd", [
+        {"beat": ("RUNNING", 101), "flower": ("RUNNING", 200)},
+        {"beat": ("ACTIVATING", 0), "flower": ("RUNNING", 200)},
+        {"beat": ("RUNNING", 102), "flower": ("RUNNING", 200)},
+    ], clock=[0.0])
+    assert unsteady({"manager": "systemd"}, ["beat", "flower"], 3) == ["beat"]
+
+
+def test_supervisor_starting_is_waited_out_and_backoff_is_unsteady(monkeypatch):
+    unsteady = manager_reads(monkeypatch, "supervisor", [
+        {"beat": ("STARTING", 0), "flower": ("STARTING", 0)},
+        {"beat": ("BACKOFF", 0), "flower": ("RUNNING", 200)},
+        {"flower": ("RUNNING", 200)},
+    ], clock=[0.0])
+    assert unsteady({"manager": "supervisor"}, ["beat", "flower"], 2) == ["beat"]
+    steady = manager_reads(monkeypatch, "supervisor", [
+        {"beat": ("STARTING", 0)}, {"beat": ("RUNNING", 101)}, {"beat": ("RUNNING", 101)},
+    ], clock=[0.0])
+    assert steady({"manager": "supervisor"}, ["beat"], 2) == []

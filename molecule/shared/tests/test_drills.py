@@ -324,27 +324,35 @@ def test_drill_processes_stopped_or_removed_by_hand_come_back_after_site_yml(bro
 
 
 def test_drill_a_process_that_does_not_come_up_is_named_with_its_reason(workers):
-    """An app module that does not import: every process dies at start. The run fails naming the
-    host, the program or unit, and the error from its log; the next good run repairs it."""
+    """An app module that does not import: every process dies at start. Then beat alone: its
+    scheduler does not import, with every program file changed (loaded by `supervisorctl update`,
+    which waits for nothing; under systemd the unit looks active between restarts). Each run
+    fails naming the host, the program or unit, and the error from its log; the next good run
+    repairs it."""
     worker = workers[0]
-    unit = f"{NAME_PREFIX}-worker-default" if PM == "supervisor" else f"{NAME_PREFIX}@worker-default.service"
-    started = time.monotonic()
+    unit = (lambda instance: f"{NAME_PREFIX}-{instance}" if PM == "supervisor" else f"{NAME_PREFIX}@{instance}.service")
     # The worker dies within seconds of its start, having logged the error: 10 s of pings (two
     # rounds) are enough for the run to see it and read the log.
-    bad = ansible_playbook("site.yml", "-e", "celery_app_module=fleetapp.no_such_module", "-e", "celery_worker_ping_timeout=10")
-    failed_after = round(time.monotonic() - started, 1)
-    good = ansible_playbook("site.yml")
-    # Ansible's YAML output folds long lines and doubles quotes: compare words.
-    out = " ".join(plain(bad.stdout).split())
-    expected = (f"on {worker.backend.host} did not come up", unit, "ModuleNotFoundError: No module named", "fleetapp.no_such_module")
-    report("not-coming-up", failed=bad.returncode != 0, failed_after_s=failed_after,
-           named=all(text in out for text in expected), repaired=good.returncode == 0)
-    assert bad.returncode != 0, "workers that cannot import their app passed"
-    for text in expected:
-        assert text in out, f"the failure does not say {text!r}: {out[-3000:]}"
-    assert good.returncode == 0, plain(good.stdout)[-3000:]
-    assert nodes_answer(worker), processes(worker)
-    assert all(state == "RUNNING" for state, _ in settled(worker).values()), processes(worker)
+    cases = {"worker-default": ["-e", "celery_app_module=fleetapp.no_such_module", "-e", "celery_worker_ping_timeout=10"],
+             "beat": ["-e", json.dumps({"celery_app_settings": {"beat_scheduler": "fleetapp.no_such_module:Scheduler"},
+                                        "celery_worker_loglevel": "DEBUG"})]}
+    for instance, extra in cases.items():
+        started = time.monotonic()
+        bad = ansible_playbook("site.yml", *extra)
+        failed_after = round(time.monotonic() - started, 1)
+        good = ansible_playbook("site.yml")
+        # Ansible's YAML output folds long lines and doubles quotes: compare words.
+        out = " ".join(plain(bad.stdout).split())
+        expected = (f"on {worker.backend.host} did not come up", unit(instance), "ModuleNotFoundError: No module named",
+                    "fleetapp.no_such_module")
+        report("not-coming-up", process=instance, failed=bad.returncode != 0, failed_after_s=failed_after,
+               named=all(text in out for text in expected), repaired=good.returncode == 0)
+        assert bad.returncode != 0, f"a run whose {instance} cannot start passed"
+        for text in expected:
+            assert text in out, f"the failure does not say {text!r}: {out[-3000:]}"
+        assert good.returncode == 0, plain(good.stdout)[-3000:]
+        assert nodes_answer(worker), processes(worker)
+        assert all(state == "RUNNING" for state, _ in settled(worker).values()), processes(worker)
 
 
 # --- 7. Security ----------------------------------------------------------------------------------

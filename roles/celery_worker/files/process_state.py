@@ -16,7 +16,10 @@ the host: `apply` (supervisor programs to load, reload or forget: new, changed o
 files, whatever an earlier run left undone), `daemon_reload`, `stop` (systemd units no longer
 wanted), `restart` (running, but started before one of its inputs changed: a run that wrote
 them failed before the restart), `start` (stopped, exited, failed or not enabled). With `ready`,
-`not_ready`: the instances not (yet) ready. With `logs`,
+`not_ready`: the instances not (yet) ready. With `steady` ({instances, seconds}), `unsteady`:
+those of the instances that did not stay up, on one PID, until `seconds` after their start (a
+process that dies at start is restarted by its manager and looks running between tries; worker
+groups are proven by answering instead, beat and Flower by this). With `logs`,
 `report`: for each suspect and each wanted process not running, a line naming it and its state,
 then the last lines of its log.
 Reads only: supervisorctl's `reread` compares the files with what supervisord loaded and
@@ -156,6 +159,30 @@ def not_ready(query, processes):
     return waiting
 
 
+def unsteady(query, names, seconds):
+    """The `names` that stopped, or changed PID, before they had run `seconds`. supervisor holds a
+    program in STARTING until it has run its startsecs (then RUNNING, or BACKOFF if it died):
+    waited out; every other state fails, as does a deadline for a program that never settles."""
+    first, pending, failed = {}, set(names), []
+    read = systemd if query["manager"] == "systemd" else supervisor
+    deadline = time.time() + 3 * seconds + 10
+    while pending:
+        found = read(query)[0]
+        for name in sorted(pending):
+            process = found.get(name, {})
+            if process.get("state") == "STARTING" and time.time() < deadline:
+                continue
+            began = started_at(process["pid"]) if process.get("state") == "RUNNING" and process.get("pid") else None
+            if began is None or first.setdefault(name, process["pid"]) != process["pid"]:
+                failed.append(name)
+                pending.discard(name)
+            elif time.time() - began >= seconds:
+                pending.discard(name)
+        if pending:
+            time.sleep(0.5)
+    return sorted(failed)
+
+
 def log_tail(query, name, lines):
     if query["manager"] == "systemd":
         return run("journalctl", "--no-pager", "--output=cat", f"--lines={lines}", f"--unit={query['prefix']}@{name}.service")
@@ -183,6 +210,8 @@ def main():
     state = converge(query)
     if query.get("ready"):
         state["not_ready"] = not_ready(query, state["processes"])
+    if query.get("steady"):
+        state["unsteady"] = unsteady(query, query["steady"]["instances"], query["steady"]["seconds"])
     if query.get("logs"):
         state["report"] = report(query, state)
     print(json.dumps(state))
