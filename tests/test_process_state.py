@@ -1,6 +1,8 @@
-"""The readiness read of roles/celery_worker/files/process_state.py: without remote control (SQS),
-a worker group is up when its log says `<node> ready.` since its process started."""
+"""The process state read of roles/celery_worker/library/celery_process_state.py (readiness without
+remote control, restarts of what runs an older input, beat and Flower that must stay up) and the
+fleet's one rule for "runs what was written" (plugins/module_utils/fleet_started.py)."""
 
+import importlib.util
 import os
 import stat
 import sys
@@ -8,9 +10,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "roles/celery_worker/files"))
 
-from process_state import logged_ready  # noqa: E402
+
+def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# As Ansible ships them to a host: the project's module_utils under ansible.module_utils.
+fleet_started = load("ansible.module_utils.fleet_started", "plugins/module_utils/fleet_started.py")
+process_state = load("celery_process_state", "roles/celery_worker/library/celery_process_state.py")
+logged_ready = process_state.logged_ready
 
 NODE = "long@worker1"
 
@@ -59,7 +72,7 @@ def test_systemd_reads_the_units_journal_since_the_start(tmp_path, monkeypatch):
 def test_systemd_unit_running_an_old_input_and_disabled_is_restarted_and_enabled(tmp_path, monkeypatch):
     """A unit started before its environment file changed is restarted; one not enabled at boot is
     also in `start` (started and enabled), since `systemctl restart` does not enable it."""
-    from process_state import converge
+    converge = process_state.converge
 
     fake = tmp_path / "systemctl"
     show = (f"Id=celery-fleetapp@worker-long.service\nLoadState=loaded\nActiveState=active\nSubState=running\n"
@@ -83,8 +96,6 @@ def test_systemd_unit_running_an_old_input_and_disabled_is_restarted_and_enabled
 def manager_reads(monkeypatch, manager, reads, clock):
     """Fake the process manager's successive reads ({name: (state, pid)} each) and the clock: every
     read is 1 s after the one before, and every PID started at 0."""
-    import process_state
-
     states = iter(reads)
 
     def read(query):
@@ -120,3 +131,40 @@ def test_supervisor_starting_is_waited_out_and_backoff_is_unsteady(monkeypatch):
         {"beat": ("STARTING", 0)}, {"beat": ("RUNNING", 101)}, {"beat": ("RUNNING", 101)},
     ], clock=[0.0])
     assert steady({"manager": "supervisor"}, ["beat"], 2) == []
+
+
+def test_a_process_started_before_its_input_changed_runs_an_older_one(tmp_path):
+    config, sites = tmp_path / "redis.conf", tmp_path / "sites-enabled"
+    config.write_text("port 6379\n")
+    sites.mkdir()
+    os.utime(config, (1000.0, 1000.0))
+    os.utime(sites, (900.0, 900.0))
+    changed = fleet_started.changed_at([str(config), str(sites), str(tmp_path / "missing")])
+    assert changed == 1000.0
+    assert fleet_started.runs_older(999.0, changed)
+    # Started after the change, or within a clock tick of it: runs the file; not running: nothing to restart.
+    assert not fleet_started.runs_older(1000.5, changed)
+    assert not fleet_started.runs_older(999.9, changed)
+    assert not fleet_started.runs_older(None, changed)
+    # A site enabled or disabled (a link added or removed) changes its directory's time.
+    (sites / "flower").symlink_to(config)
+    assert fleet_started.changed_at([str(config), str(sites)]) > 1000.0
+
+
+def test_find_names_the_apps_programs_and_units_under_either_manager_and_no_other_apps(tmp_path):
+    conf_dir, unit_dir = tmp_path / "conf.d", tmp_path / "system"
+    conf_dir.mkdir()
+    unit_dir.mkdir()
+    for name in ("celery-fleetapp-worker-default.conf", "celery-fleetapp-beat.conf", "celery-fleetapp-flower.conf",
+                 "celery-fleetapp2-worker-default.conf", "celery-fleetapp-notes.txt", "other.conf"):
+        (conf_dir / name).write_text("")
+    for name in ("celery-fleetapp@worker-long.service.d", "celery-tutorial@beat.service.d"):
+        (unit_dir / name).mkdir()
+    query = {"prefix": "celery-fleetapp", "conf_dir": str(conf_dir), "unit_dir": str(unit_dir)}
+    assert process_state.found_files(query) == {"supervisor": ["beat", "flower", "worker-default"], "systemd": ["worker-long"],
+                                                "systemd_template": False}
+    (unit_dir / "celery-fleetapp@.service").write_text("")
+    assert process_state.found_files(query)["systemd_template"]
+    # A host without supervisor (or without either directory) has nothing to remove.
+    assert process_state.found_files(dict(query, conf_dir=str(tmp_path / "missing"))) == {
+        "supervisor": [], "systemd": ["worker-long"], "systemd_template": True}

@@ -1,8 +1,12 @@
+#!/usr/bin/python
 """What the process manager runs of one app, against what the role wants: one read per host.
 
-    python3 -c "$(cat process_state.py)" QUERY_JSON
+    - celery_process_state:
+        query: QUERY
 
-QUERY_JSON: manager (supervisor or systemd), prefix (celery-<app>), wanted (instances that must
+QUERY: with `find`, only prefix (celery-<app>): returns `found`, the app's supervisor programs
+and systemd units (and whether its template unit exists) on the host, under either manager.
+Otherwise: manager (supervisor or systemd), prefix, wanted (instances that must
 run), process_inputs (per instance, files only it reads: Flower's configuration), inputs (files
 every process reads at start: the environment file, the launcher, the
 `current` link), unit_dir (systemd), log_dir (supervisor), reload (systemd units were written or
@@ -11,7 +15,7 @@ removed this run), with `logs` (a number) the instances to report on besides tho
 broker without remote control (SQS) cannot answer `inspect ping`, so a group is ready when its
 process runs and its log says Celery's `<node> ready.` since that process started.
 
-Prints one JSON object: each found process's state, main PID and start time, and what converges
+Returns each found process's state, main PID and start time, and what converges
 the host: `apply` (supervisor programs to load, reload or forget: new, changed or removed
 files, whatever an earlier run left undone), `daemon_reload`, `stop` (systemd units no longer
 wanted), `restart` (running, but started before one of its inputs changed: a run that wrote
@@ -24,18 +28,30 @@ groups are proven by answering instead, beat and Flower by this). With `logs`,
 then the last lines of its log.
 Reads only: supervisorctl's `reread` compares the files with what supervisord loaded and
 applies nothing. Runs with the host's python3, not the app's, so it works before any release.
+"Started before one of its inputs changed" is the fleet's one rule for a process that runs what
+was written (module_utils/fleet_started.py; fleet_service_state applies it to the brokers and nginx).
 """
 
-import json
+DOCUMENTATION = r"""
+module: celery_process_state
+short_description: What the process manager runs of one app, against what role celery_worker wants
+description:
+  - Reads, never changes; the module's own docstring describes the query and the result.
+options:
+  query:
+    description: The processes wanted and their inputs (role celery_worker's celery_worker_state_query).
+    type: dict
+    required: true
+"""
+
 import os
 import re
 import subprocess
-import sys
 import time
 
-# A process started this long before an input's change counts as started after it: a start time
-# from /proc is exact to a clock tick, file times to a few milliseconds.
-CLOCK_SLACK = 0.2
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.fleet_started import changed_at, runs_older, started_at
+
 RUNNING = {"RUNNING", "STARTING"}
 # How much of a supervisor log file the readiness check reads, from its end.
 LOG_TAIL_BYTES = 1 << 20
@@ -43,23 +59,6 @@ LOG_TAIL_BYTES = 1 << 20
 
 def run(*argv):
     return subprocess.run(argv, capture_output=True, text=True).stdout
-
-
-def started_at(pid):
-    """The wall-clock time process `pid` started, from /proc (None when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in ticks
-    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + since_boot
-
-
-def changed_at(paths):
-    """The newest modification among `paths` (a link's own, not its target's)."""
-    times = [os.lstat(path).st_mtime for path in paths if os.path.lexists(path)]
-    return max(times, default=0.0)
 
 
 def supervisor(query):
@@ -97,6 +96,19 @@ def systemd(query):
     return found, [], reload, unwanted
 
 
+def found_files(query):
+    """The app's supervisor programs and systemd units on the host, under either manager, by
+    instance (read before any file is written: what the run may have to stop and remove)."""
+    prefix = query["prefix"]
+    conf_dir, unit_dir = query.get("conf_dir", "/etc/supervisor/conf.d"), query.get("unit_dir", "/etc/systemd/system")
+    listed = {path: sorted(os.listdir(path)) if os.path.isdir(path) else [] for path in (conf_dir, unit_dir)}
+    programs = [re.sub(r"\.conf$", "", name)[len(prefix) + 1:] for name in listed[conf_dir]
+                if re.fullmatch(re.escape(prefix) + r"-(worker-.+|beat|flower)\.conf", name)]
+    units = [name[len(prefix) + 1:-len(".service.d")] for name in listed[unit_dir]
+             if re.fullmatch(re.escape(prefix) + r"@.+\.service\.d", name)]
+    return {"supervisor": programs, "systemd": units, "systemd_template": f"{prefix}@.service" in listed[unit_dir]}
+
+
 def unit_files(query, instance):
     base = os.path.join(query.get("unit_dir", "/etc/systemd/system"), query["prefix"])
     return [f"{base}@.service", f"{base}@{instance}.service.d/process.conf"]
@@ -117,7 +129,7 @@ def converge(query):
         newest = max(inputs, own, changed_at(unit_files(query, name)) if query["manager"] == "systemd" else 0.0)
         began = started_at(process["pid"]) if process["pid"] else None
         process["started"] = began
-        if began is not None and began + CLOCK_SLACK < newest:
+        if runs_older(began, newest):
             restart.append(name)
         if not process.get("enabled", True):
             start.append(name)  # systemd: running but not enabled at boot (a restart does not enable)
@@ -206,7 +218,10 @@ def report(query, state):
 
 
 def main():
-    query = json.loads(sys.argv[1])
+    module = AnsibleModule(argument_spec={"query": {"type": "dict", "required": True}}, supports_check_mode=True)
+    query = module.params["query"]
+    if query.get("find"):
+        module.exit_json(changed=False, found=found_files(query))
     state = converge(query)
     if query.get("ready"):
         state["not_ready"] = not_ready(query, state["processes"])
@@ -214,7 +229,7 @@ def main():
         state["unsteady"] = unsteady(query, query["steady"]["instances"], query["steady"]["seconds"])
     if query.get("logs"):
         state["report"] = report(query, state)
-    print(json.dumps(state))
+    module.exit_json(changed=False, **state)
 
 
 if __name__ == "__main__":
