@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "filter"))
 
@@ -12,6 +13,7 @@ from fleet_model import (  # noqa: E402
     celery_apps_rules,
     celery_fleet_apps,
     celery_fleet_refusals,
+    celery_flower_inputs,
     celery_rabbitmq_users,
     celery_redis_users,
 )
@@ -24,14 +26,27 @@ KEYS = ["name", "src", "module", "requirements", "env", "settings", "worker_grou
         "broker_password", "broker_namespace", "sends_to", "flower", "flower_users", "flower_url_prefix"]
 
 
+# Role celery's defaults of the single-app variables (celery_app_<key>), as the plays pass them.
+ROLE_DEFAULTS = yaml.safe_load((Path(__file__).resolve().parents[1] / "roles/celery/defaults/main.yml").read_text())
+SINGLE_APP_VARIABLES = {key: f"celery_app_{key}" for key in ("name", "src", "module", "requirements", "env", "settings", "root",
+                                                               "env_file", "user", "group", "home", "workdir", "broker_url",
+                                                               "result_backend")}
+SINGLE_APP_VARIABLES.update(flower_users="celery_flower_users", flower_url_prefix="celery_flower_url_prefix",
+                            worker_groups="celery_worker_groups", smoke_task="celery_worker_smoke_task",
+                            smoke_args="celery_worker_smoke_args", smoke_result="celery_worker_smoke_result")
+
+
 def model(apps=(), inventory=None, **fleet):
-    """The model of a fleet: the lab's choices (Redis on b1), overridden by `fleet`."""
+    """The model of a fleet: the lab's choices (Redis on b1), overridden by `fleet`. `inventory`
+    sets any single-app variable."""
+    variables = dict(ROLE_DEFAULTS, **(inventory or {}))
+    fleet.setdefault("single_app", {key: variables[name] for key, name in SINGLE_APP_VARIABLES.items()})
     choices = dict(groups=GROUPS, broker="redis", result_backend="redis", broker_host="b1", broker_hosts=["b1"], redis_port=6379,
                    rabbitmq_port=5672, sqs_queue_name_prefix="", sqs_region="eu-west-1", flower_port=5555,
                    default_worker_groups=DEFAULT_GROUPS, broker_user="celery", broker_vhost="celery", broker_password="p" * 16,
                    flower_enabled=True)
     choices.update(fleet)
-    return celery_fleet_apps(list(apps), inventory or {}, **choices)
+    return celery_fleet_apps(list(apps), **choices)
 
 
 def test_a_single_app_keeps_the_single_app_layout():
@@ -202,3 +217,15 @@ def test_each_fleet_wide_rule_refuses_with_its_own_message(topic, wrong, message
     found = refusals(**wrong)
     assert [m[:len(message)] for m in found[topic]] == [message], found
     assert all(not messages for other, messages in found.items() if other != topic), found
+
+
+def test_flower_takes_the_flowers_of_its_host_each_with_its_own_account_port_path_and_logins():
+    users = [{"name": "admin", "password": "x" * 16}]
+    apps = model([{"name": "billing", "flower": True, "flower_users": users, "broker_password": "b" * 16},
+                  {"name": "mailer", "broker_password": "m" * 16}])
+    assert celery_flower_inputs(apps, "w1") == [
+        {"name": "billing", "group": "celery-billing", "home": "/var/lib/celery-billing", "config_file": "/etc/celery-fleet/billing-flower.py",
+         "user": "flower-billing", "port": 5555, "htpasswd": "/etc/nginx/billing-flower.htpasswd", "url_prefix": "billing", "users": users}]
+    assert celery_flower_inputs(apps, "w2") == [], "w2 is not in the flower group"
+    (single,) = model(inventory={"celery_flower_users": users, "celery_flower_url_prefix": "flower"})
+    assert [(f["user"], f["url_prefix"], f["users"]) for f in celery_flower_inputs([single], "w1")] == [("flower", "flower", users)]

@@ -156,15 +156,42 @@ def test_find_names_the_apps_programs_and_units_under_either_manager_and_no_othe
     conf_dir.mkdir()
     unit_dir.mkdir()
     for name in ("celery-fleetapp-worker-default.conf", "celery-fleetapp-beat.conf", "celery-fleetapp-flower.conf",
-                 "celery-fleetapp2-worker-default.conf", "celery-fleetapp-notes.txt", "other.conf"):
+                 "celery-fleetapp2-worker-default.conf", "celery-fleetapp-notes.txt", "other.conf", "celery-mailer-beat.conf"):
         (conf_dir / name).write_text("")
     for name in ("celery-fleetapp@worker-long.service.d", "celery-tutorial@beat.service.d"):
         (unit_dir / name).mkdir()
-    query = {"prefix": "celery-fleetapp", "conf_dir": str(conf_dir), "unit_dir": str(unit_dir)}
-    assert process_state.found_files(query) == {"supervisor": ["beat", "flower", "worker-default"], "systemd": ["worker-long"],
-                                                "systemd_template": False}
+    query = {"apps": [{"prefix": "celery-fleetapp"}, {"prefix": "celery-mailer"}], "conf_dir": str(conf_dir), "unit_dir": str(unit_dir)}
+    assert process_state.found_files(query) == {
+        "supervisor": ["celery-fleetapp-beat", "celery-fleetapp-flower", "celery-fleetapp-worker-default", "celery-mailer-beat"],
+        "systemd": ["celery-fleetapp@worker-long.service"], "systemd_templates": []}
     (unit_dir / "celery-fleetapp@.service").write_text("")
-    assert process_state.found_files(query)["systemd_template"]
+    assert process_state.found_files(query)["systemd_templates"] == ["celery-fleetapp@.service"]
     # A host without supervisor (or without either directory) has nothing to remove.
     assert process_state.found_files(dict(query, conf_dir=str(tmp_path / "missing"))) == {
-        "supervisor": [], "systemd": ["worker-long"], "systemd_template": True}
+        "supervisor": [], "systemd": ["celery-fleetapp@worker-long.service"], "systemd_templates": ["celery-fleetapp@.service"]}
+
+
+def test_every_app_of_the_host_is_read_and_named_as_its_manager_names_it(monkeypatch):
+    """Two apps: each app's part of the query (its prefix, its wanted processes) read on its own,
+    the caller's names (suspects, readiness) handed to the app they belong to, the results merged
+    under the manager's names."""
+    seen = []
+
+    def app_state(query):
+        seen.append({key: query.get(key) for key in ("prefix", "wanted", "suspects", "ready", "log_dir")})
+        return {"processes": {name: {"state": "RUNNING", "pid": 1} for name in query["wanted"]}, "apply": query["wanted"][:1],
+                "daemon_reload": False, "stop": [], "restart": [], "start": [], "not_ready": list(query.get("ready", {}))}
+
+    monkeypatch.setattr(process_state, "app_state", app_state)
+    state = process_state.host_state({
+        "manager": "supervisor", "log_dir": "/var/log/celery",
+        "suspects": ["celery-mailer-beat"], "ready": {"celery-fleetapp-worker-default": "default@w1"},
+        "apps": [{"prefix": "celery-fleetapp", "wanted": ["worker-default", "beat"]}, {"prefix": "celery-mailer", "wanted": ["beat"]}]})
+    assert seen == [
+        {"prefix": "celery-fleetapp", "wanted": ["worker-default", "beat"], "suspects": [], "ready": {"worker-default": "default@w1"},
+         "log_dir": "/var/log/celery"},
+        {"prefix": "celery-mailer", "wanted": ["beat"], "suspects": ["beat"], "ready": {}, "log_dir": "/var/log/celery"}]
+    assert sorted(state["processes"]) == ["celery-fleetapp-beat", "celery-fleetapp-worker-default", "celery-mailer-beat"]
+    assert state["apply"] == ["celery-fleetapp-worker-default", "celery-mailer-beat"]
+    assert state["not_ready"] == ["celery-fleetapp-worker-default"]
+    assert process_state.full_name({"manager": "systemd", "prefix": "celery-mailer"}, "beat") == "celery-mailer@beat.service"

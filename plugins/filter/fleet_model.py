@@ -21,27 +21,11 @@ APP_DEFAULTS = {
 }
 
 
-# A single-app inventory's one app: each key from its single-app variable (today's names and
-# layout: the `celery` RabbitMQ user and vhost, Redis's password account and unprefixed keys, so
-# a converged fleet keeps its queued tasks), or this default.
-SINGLE_APP_VARIABLES = {
-    "name": ("celery_app_name", "fleetapp"), "src": ("celery_app_src", ""), "module": ("celery_app_module", "fleetapp"),
-    "requirements": ("celery_app_requirements", ""), "env": ("celery_app_env", {}), "settings": ("celery_app_settings", {}),
-    "worker_groups": ("celery_worker_groups", None), "flower_users": ("celery_flower_users", []),
-    "flower_url_prefix": ("celery_flower_url_prefix", ""), "smoke_task": ("celery_worker_smoke_task", ""),
-    "smoke_args": ("celery_worker_smoke_args", []), "smoke_result": ("celery_worker_smoke_result", None),
-    "root": ("celery_app_root", ""), "env_file": ("celery_app_env_file", ""), "user": ("celery_app_user", "celery"),
-    "group": ("celery_app_group", "celery"), "home": ("celery_app_home", "/var/lib/celery"), "workdir": ("celery_app_workdir", ""),
-    "broker_url": ("celery_app_broker_url", ""), "result_backend": ("celery_app_result_backend", ""),
-}
-
-
-def _single_app(inventory, groups, broker, broker_user, broker_vhost, broker_password, flower_enabled, default_worker_groups):
-    """The one app of a single-app inventory, from the inventory's own values (`inventory`: the
-    host's hostvars, which the plays' mapping of the app at hand to celery_app_* cannot shadow)."""
-    app = {key: inventory[variable] if variable in inventory else default for key, (variable, default) in SINGLE_APP_VARIABLES.items()}
-    if app["worker_groups"] is None:
-        app["worker_groups"] = default_worker_groups
+def _single_app(single_app, groups, broker, broker_user, broker_vhost, broker_password, flower_enabled):
+    """The one app of a single-app inventory (today's names and layout: the `celery` RabbitMQ user
+    and vhost, Redis's password account and unprefixed keys, so a converged fleet keeps its queued
+    tasks): `single_app`, role celery's single-app variables by key (name, src, module, ...)."""
+    app = dict(single_app)
     app.update({
         "beat": len(groups.get("beat", [])) > 0,
         "flower": _truth(flower_enabled),
@@ -122,7 +106,7 @@ def _app(entry, fleet, several, flowers_before):
     return app
 
 
-def celery_fleet_apps(celery_apps, inventory, groups, broker, result_backend, broker_host, broker_hosts, redis_port, rabbitmq_port,
+def celery_fleet_apps(celery_apps, single_app, groups, broker, result_backend, broker_host, broker_hosts, redis_port, rabbitmq_port,
                       sqs_queue_name_prefix, sqs_region, flower_port, default_worker_groups, broker_user, broker_vhost,
                       broker_password, flower_enabled):
     """Every app of the fleet (celery_apps, or the single app of the inventory's single-app
@@ -131,8 +115,8 @@ def celery_fleet_apps(celery_apps, inventory, groups, broker, result_backend, br
     the other vhost, on Redis under the other prefix)."""
     groups = {k: list(v) for k, v in groups.items()}
     several = len(celery_apps) > 0
-    entries = celery_apps if several else [_single_app(inventory, groups, broker, broker_user, broker_vhost, broker_password,
-                                                       flower_enabled, default_worker_groups)]
+    entries = celery_apps if several else [_single_app(single_app, groups, broker, broker_user, broker_vhost, broker_password,
+                                                       flower_enabled)]
     fleet = {"groups": groups, "broker": broker, "result_backend": result_backend,
              "broker_host": broker_host, "broker_hosts": list(broker_hosts), "redis_port": redis_port, "rabbitmq_port": rabbitmq_port,
              "sqs_queue_name_prefix": sqs_queue_name_prefix, "sqs_region": sqs_region, "flower_port": flower_port,
@@ -152,6 +136,38 @@ def celery_fleet_apps(celery_apps, inventory, groups, broker, result_backend, br
             for target in apps if target["name"] in app["sends_to"]
         }
     return apps
+
+
+# What role celery_app takes of each app (its argument spec's celery_app_apps options).
+CELERY_APP_KEYS = ("name", "module", "root", "env_file", "user", "group", "home", "broker_url", "result_backend", "src",
+                   "requirements", "env", "settings", "workdir", "key_prefix", "send_to", "queue_prefix", "sqs_queues",
+                   "flower", "process_hosts", "flower_hosts")
+
+
+def celery_app_inputs(apps):
+    """Role celery_app's view of the apps: each app's keys that the role takes, no other."""
+    return [{key: app[key] for key in CELERY_APP_KEYS} for app in apps]
+
+
+def celery_flower_inputs(apps, host):
+    """Role celery_flower's view of the Flowers that run on `host`, one per app that has it there."""
+    return [{"name": app["name"], "group": app["group"], "home": app["home"], "config_file": app["flower_config_file"],
+             "user": app["flower_user"], "port": app["flower_port"], "htpasswd": app["flower_htpasswd"],
+             "url_prefix": app["flower_url_prefix"], "users": app["flower_users"]}
+            for app in apps if host in app["flower_hosts"]]
+
+
+def celery_worker_inputs(apps, host):
+    """Role celery_worker's view of the apps whose processes run on `host`: each app's account and
+    paths, its worker groups and whether they run here, whether beat and Flower run here, and its
+    smoke task."""
+    return [{"name": app["name"], "root": app["root"], "env_file": app["env_file"], "user": app["user"], "group": app["group"],
+             "home": app["home"], "workdir": app["workdir"] or app["home"],
+             "worker_groups": app["worker_groups"], "workers": host in app["worker_hosts"],
+             "beat": host in app["beat_hosts"], "flower": host in app["flower_hosts"],
+             "flower_user": app["flower_user"], "flower_config_file": app["flower_config_file"],
+             "smoke_task": app["smoke_task"], "smoke_args": app["smoke_args"], "smoke_result": app["smoke_result"]}
+            for app in apps if host in app["process_hosts"]]
 
 
 def celery_rabbitmq_users(apps, flower_enabled, flower_api_user, flower_api_password):
@@ -323,6 +339,9 @@ class FilterModule:
     def filters(self):
         return {
             "celery_fleet_apps": celery_fleet_apps,
+            "celery_app_inputs": celery_app_inputs,
+            "celery_flower_inputs": celery_flower_inputs,
+            "celery_worker_inputs": celery_worker_inputs,
             "celery_rabbitmq_users": celery_rabbitmq_users,
             "celery_redis_users": celery_redis_users,
             "celery_apps_rules": celery_apps_rules,

@@ -46,15 +46,18 @@ BROKER_SERVICE = "rabbitmq-server" if BROKER == "rabbitmq" else "redis-server"
 
 def _worker_groups():
     """{group name: its queues} of the scenario's workers, read from the scenario's inventory
-    (celery_worker_groups of the first worker host; the role's default where the inventory sets
-    none); groups with state absent are left out."""
+    (celery_worker_groups of the first worker host; role celery's default where the inventory sets
+    none, each group's keys from role celery_worker's group defaults); groups with state absent are
+    left out."""
     hosts = RUNNER.get_hosts("workers")
     if not hosts:
         return {}
     found = RUNNER.get_variables(hosts[0])
-    defaults_file = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "celery_worker", "defaults", "main.yml")
-    with open(defaults_file) as f:
-        defaults = yaml.safe_load(f)
+    roles = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles")
+    defaults = {}
+    for role in ("celery", "celery_worker"):
+        with open(os.path.join(roles, role, "defaults", "main.yml")) as f:
+            defaults.update(yaml.safe_load(f))
     chosen = found.get("celery_worker_groups", defaults["celery_worker_groups"])
     assert isinstance(chosen, list), f"celery_worker_groups of {hosts[0]} is not a literal list: {chosen!r}"
     default_queues = found.get("celery_worker_group_defaults", {}).get("queues") or defaults["celery_worker_group_defaults"]["queues"]

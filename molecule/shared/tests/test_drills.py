@@ -381,7 +381,7 @@ def test_drill_no_celery_process_runs_as_root(workers):
 # number must read as one. The values are the scenario's own, so nothing may change.
 def typed_values(settings):
     return {"celery_flower_enabled": "false", "celery_app_task_acks_late": "yes", "celery_app_task_reject_on_worker_lost": "1",
-            "celery_app_confirm_publish": "true", "redis_appendonly": "True", "celery_app_install_extras": "no",
+            "celery_app_confirm_publish": "true", "redis_appendonly": "True",
             "celery_app_task_time_limit": settings["CELERY_TASK_TIME_LIMIT"],
             "celery_app_worker_soft_shutdown_timeout": settings["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"],
             "celery_app_worker_prefetch_multiplier": settings["CELERY_WORKER_PREFETCH_MULTIPLIER"],

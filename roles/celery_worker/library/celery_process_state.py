@@ -1,31 +1,35 @@
 #!/usr/bin/python
-"""What the process manager runs of one app, against what the role wants: one read per host.
+"""What the process manager runs of the host's apps, against what role celery_worker wants: one
+read per host.
 
     - celery_process_state:
         query: QUERY
 
-QUERY: with `find`, only prefix (celery-<app>): returns `found`, the app's supervisor programs
-and systemd units (and whether its template unit exists) on the host, under either manager.
-Otherwise: manager (supervisor or systemd), prefix, wanted (instances that must
-run), process_inputs (per instance, files only it reads: Flower's configuration), inputs (files
-every process reads at start: the environment file, the launcher, the
-`current` link), unit_dir (systemd), log_dir (supervisor), reload (systemd units were written or
-removed this run), with `logs` (a number) the instances to report on besides those not running
-(`suspects`), and with `ready` ({instance: node}) the worker groups whose readiness to read: a
-broker without remote control (SQS) cannot answer `inspect ping`, so a group is ready when its
-process runs and its log says Celery's `<node> ready.` since that process started.
+QUERY: manager (supervisor or systemd), unit_dir (systemd), log_dir (supervisor), reload (systemd
+units were written or removed this run), logs (a number: report on the suspects and the processes
+not running, with that many log lines), suspects (processes to report on), ready ({process:
+node}: the worker groups whose readiness to read; a broker without remote control, SQS, cannot
+answer `inspect ping`, so a group is ready when its process runs and its log says Celery's
+`<node> ready.` since that process started), steady ({names, seconds}), and apps, one entry per
+app: prefix (celery-<app>),
+wanted (instances that must run: worker-<group>, beat, flower), inputs (files every process of
+the app reads at start: the environment file, the launcher, the `current` link), process_inputs
+(per instance, files only it reads: Flower's configuration). With `find`, only the apps'
+prefixes are read.
 
-Returns each found process's state, main PID and start time, and what converges
-the host: `apply` (supervisor programs to load, reload or forget: new, changed or removed
-files, whatever an earlier run left undone), `daemon_reload`, `stop` (systemd units no longer
-wanted), `restart` (running, but started before one of its inputs changed: a run that wrote
-them failed before the restart), `start` (stopped, exited, failed or not enabled). With `ready`,
-`not_ready`: the instances not (yet) ready. With `steady` ({instances, seconds}), `unsteady`:
-those of the instances that did not stay up, on one PID, until `seconds` after their start (a
-process that dies at start is restarted by its manager and looks running between tries; worker
-groups are proven by answering instead, beat and Flower by this). With `logs`,
-`report`: for each suspect and each wanted process not running, a line naming it and its state,
-then the last lines of its log.
+Every process is returned by its manager's name for it: the supervisor program
+`<prefix>-<instance>` or the systemd unit `<prefix>@<instance>.service`. Returns each found
+process's state, main PID and start time, and what converges the host: `apply` (supervisor
+programs to load, reload or forget: new, changed or removed files, whatever an earlier run left
+undone), `daemon_reload`, `stop` (systemd units no longer wanted), `restart` (running, but started
+before one of its inputs changed: a run that wrote them failed before the restart), `start`
+(stopped, exited, failed or not enabled). With `ready`, `not_ready`: those not (yet) ready. With
+`steady`, `unsteady`: those of the named processes that did not stay up, on one PID, until `seconds`
+after their start (a process that dies at start is restarted by its manager and looks running
+between tries; worker groups are proven by answering instead, beat and Flower by this). With
+`logs`, `report`: for each suspect and each wanted process not running, a line naming it and its
+state, then the last lines of its log. With `find`: `found`, the apps' supervisor programs and
+systemd units on the host under either manager, and their template units.
 Reads only: supervisorctl's `reread` compares the files with what supervisord loaded and
 applies nothing. Runs with the host's python3, not the app's, so it works before any release.
 "Started before one of its inputs changed" is the fleet's one rule for a process that runs what
@@ -34,12 +38,12 @@ was written (module_utils/fleet_started.py; fleet_service_state applies it to th
 
 DOCUMENTATION = r"""
 module: celery_process_state
-short_description: What the process manager runs of one app, against what role celery_worker wants
+short_description: What the process manager runs of the host's apps, against what role celery_worker wants
 description:
   - Reads, never changes; the module's own docstring describes the query and the result.
 options:
   query:
-    description: The processes wanted and their inputs (role celery_worker's celery_worker_state_query).
+    description: The processes wanted and their inputs, by app (role celery_worker's celery_worker_state_query).
     type: dict
     required: true
 """
@@ -97,16 +101,18 @@ def systemd(query):
 
 
 def found_files(query):
-    """The app's supervisor programs and systemd units on the host, under either manager, by
-    instance (read before any file is written: what the run may have to stop and remove)."""
-    prefix = query["prefix"]
+    """The apps' supervisor programs and systemd units on the host, under either manager, by their
+    manager's name, and the apps' systemd template units (read before any file is written: what
+    the run may have to stop and remove)."""
     conf_dir, unit_dir = query.get("conf_dir", "/etc/supervisor/conf.d"), query.get("unit_dir", "/etc/systemd/system")
     listed = {path: sorted(os.listdir(path)) if os.path.isdir(path) else [] for path in (conf_dir, unit_dir)}
-    programs = [re.sub(r"\.conf$", "", name)[len(prefix) + 1:] for name in listed[conf_dir]
-                if re.fullmatch(re.escape(prefix) + r"-(worker-.+|beat|flower)\.conf", name)]
-    units = [name[len(prefix) + 1:-len(".service.d")] for name in listed[unit_dir]
-             if re.fullmatch(re.escape(prefix) + r"@.+\.service\.d", name)]
-    return {"supervisor": programs, "systemd": units, "systemd_template": f"{prefix}@.service" in listed[unit_dir]}
+    found = {"supervisor": [], "systemd": [], "systemd_templates": []}
+    for app in query["apps"]:
+        prefix = re.escape(app["prefix"])
+        found["supervisor"] += [name[:-len(".conf")] for name in listed[conf_dir] if re.fullmatch(prefix + r"-(worker-.+|beat|flower)\.conf", name)]
+        found["systemd"] += [name[:-len(".d")] for name in listed[unit_dir] if re.fullmatch(prefix + r"@.+\.service\.d", name)]
+        found["systemd_templates"] += [name for name in listed[unit_dir] if name == f"{app['prefix']}@.service"]
+    return found
 
 
 def unit_files(query, instance):
@@ -217,11 +223,13 @@ def report(query, state):
     return lines
 
 
-def main():
-    module = AnsibleModule(argument_spec={"query": {"type": "dict", "required": True}}, supports_check_mode=True)
-    query = module.params["query"]
-    if query.get("find"):
-        module.exit_json(changed=False, found=found_files(query))
+def full_name(query, instance):
+    """The process manager's name of an app's process: its supervisor program or systemd unit."""
+    return f"{query['prefix']}@{instance}.service" if query["manager"] == "systemd" else f"{query['prefix']}-{instance}"
+
+
+def app_state(query):
+    """One app's state (`query`: the common keys with the app's own)."""
     state = converge(query)
     if query.get("ready"):
         state["not_ready"] = not_ready(query, state["processes"])
@@ -229,7 +237,43 @@ def main():
         state["unsteady"] = unsteady(query, query["steady"]["instances"], query["steady"]["seconds"])
     if query.get("logs"):
         state["report"] = report(query, state)
-    module.exit_json(changed=False, **state)
+    return state
+
+
+def host_state(query):
+    """Every app's state, merged, each process by its manager's name."""
+    common = {key: value for key, value in query.items() if key != "apps"}
+    merged = {"processes": {}, "apply": [], "daemon_reload": False, "stop": [], "restart": [], "start": [],
+              "not_ready": [], "unsteady": [], "report": []}
+    for app in query["apps"]:
+        app_query = dict(common, **app)
+        # The caller names processes by their manager's name; each app's part, by instance.
+        own = {full_name(app_query, instance): instance for instance in app["wanted"]}
+        if "suspects" in common:
+            app_query["suspects"] = [own[name] for name in common["suspects"] if name in own]
+        if "ready" in common:
+            app_query["ready"] = {own[name]: node for name, node in common["ready"].items() if name in own}
+        if "steady" in common:
+            app_query["steady"] = {"instances": [own[name] for name in common["steady"]["names"] if name in own],
+                                   "seconds": common["steady"]["seconds"]}
+        for key, value in app_state(app_query).items():
+            if key == "processes":
+                merged[key].update({full_name(app_query, name): process for name, process in value.items()})
+            elif key == "daemon_reload":
+                merged[key] = merged[key] or value
+            elif key == "report":
+                merged[key] += value
+            else:
+                merged[key] += [full_name(app_query, name) for name in value]
+    return merged
+
+
+def main():
+    module = AnsibleModule(argument_spec={"query": {"type": "dict", "required": True}}, supports_check_mode=True)
+    query = module.params["query"]
+    if query.get("find"):
+        module.exit_json(changed=False, found=found_files(query))
+    module.exit_json(changed=False, **host_state(query))
 
 
 if __name__ == "__main__":
