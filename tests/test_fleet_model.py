@@ -183,14 +183,15 @@ GOOD_CLUSTER = {"brokers": ["b1", "b2", "b3"], "nodes": ["rabbit@b1", "rabbit@b2
 
 
 def refusals(broker="redis", result_backend="redis", sqs=None, cluster=None, **changes):
-    choices = dict(broker_user="celery", broker_vhost="celery", ack_timeout=7200)
+    choices = dict(broker_user="celery", broker_vhost="celery", ack_timeout=7200, task_time_limit=600, soft_shutdown_timeout=30)
     choices.update(changes)
     return celery_fleet_refusals(model(broker=broker, result_backend=result_backend), broker=broker, result_backend=result_backend,
-                                 sqs=sqs, cluster=cluster, apps_rules=[], **choices)
+                                 sqs=sqs, cluster=cluster, apps_rules=[], group_defaults=ROLE_DEFAULTS["celery_worker_group_defaults"],
+                                 **choices)
 
 
 def test_a_good_fleet_breaks_no_fleet_wide_rule():
-    assert refusals() == {"choices": [], "sqs": [], "cluster": [], "apps": []}
+    assert refusals() == {"choices": [], "sqs": [], "cluster": [], "apps": [], "groups": []}
     assert refusals("sqs", "dynamodb", sqs=GOOD_SQS)["sqs"] == []
     assert refusals("rabbitmq", "rpc", cluster=GOOD_CLUSTER)["cluster"] == []
 
@@ -202,6 +203,8 @@ def test_a_good_fleet_breaks_no_fleet_wide_rule():
     ("choices", dict(broker_user="guest"), "celery_broker_user (guest) takes letters"),
     ("choices", dict(broker_vhost="a/b"), "celery_broker_vhost (a/b) takes letters"),
     ("choices", dict(ack_timeout="0"), "celery_broker_ack_timeout must be a positive number of seconds (got 0)"),
+    ("choices", dict(ack_timeout="630", task_time_limit=600, soft_shutdown_timeout="30"),
+     "celery_broker_ack_timeout (630 s) must be longer than celery_app_task_time_limit (600 s) plus celery_app_worker_soft_shutdown_timeout (30 s)"),
     ("sqs", dict(broker="sqs", result_backend="dynamodb", sqs=dict(GOOD_SQS, wait_time_seconds="30")), "celery_sqs_wait_time_seconds (30) must be 0 to 20"),
     ("sqs", dict(broker="sqs", result_backend="dynamodb", sqs=dict(GOOD_SQS, region="Europe")), "celery_sqs_region (Europe) must be an AWS region"),
     ("sqs", dict(broker="sqs", result_backend="dynamodb", sqs=dict(GOOD_SQS, aws_access_key_id="AKIAIOSFODNN7EXAMPLE")),
@@ -217,6 +220,32 @@ def test_each_fleet_wide_rule_refuses_with_its_own_message(topic, wrong, message
     found = refusals(**wrong)
     assert [m[:len(message)] for m in found[topic]] == [message], found
     assert all(not messages for other, messages in found.items() if other != topic), found
+
+
+# A worker group's rules, with what it leaves out filled in from celery_worker_group_defaults: the
+# single app's groups are named as celery_worker_groups, a list's by entry.
+@pytest.mark.parametrize("groups, message", [
+    ([{"name": "default", "queues": ["a"]}, {"name": "default", "queues": ["b"]}], 'celery_worker_groups: group names must be unique: ["default", "default"]'),
+    ([{"name": "Fast"}], 'celery_worker_groups: group names take lower-case letters, digits, `-` and `_`: ["Fast"]'),
+    ([{"name": "default", "queues": "celery long"}], 'celery_worker_groups, group default: queues must be a non-empty list'),
+    ([{"name": "default", "queues": ["celery"], "concurrency": -2}], "celery_worker_groups, group default: concurrency must be an integer of at least 1 (got -2)"),
+    ([{"name": "default", "concurrency": True}], "celery_worker_groups, group default: concurrency must be an integer of at least 1 (got True)"),
+    ([{"name": "default", "max_tasks_per_child": -1}], "celery_worker_groups, group default: max_tasks_per_child must be 0 or more (got -1)"),
+    ([{"name": "default", "pool": "gevent"}], "celery_worker_groups, group default: pool must be prefork, threads or solo (got gevent)"),
+    ([{"name": "default", "state": "stopped"}], "celery_worker_groups, group default: state must be present or absent (got stopped)"),
+])
+def test_each_worker_group_rule_refuses_with_its_own_message(groups, message):
+    defaults = ROLE_DEFAULTS["celery_worker_group_defaults"]
+    found = celery_fleet_refusals(model(inventory={"celery_worker_groups": groups}), broker="redis", result_backend="redis",
+                                  broker_user="celery", broker_vhost="celery", ack_timeout=7200, task_time_limit=600,
+                                  soft_shutdown_timeout=30, sqs=None, cluster=None,
+                                  apps_rules=[], group_defaults=defaults)
+    assert [m[:len(message)] for m in found["groups"]] == [message], found
+    entries = [{"name": "billing", "broker_password": "b" * 16}, {"name": "mail", "broker_password": "m" * 16, "worker_groups": groups}]
+    listed = celery_fleet_refusals(model(entries), broker="redis", result_backend="redis", broker_user="celery", broker_vhost="celery",
+                                   ack_timeout=7200, task_time_limit=600, soft_shutdown_timeout=30, sqs=None, cluster=None,
+                                   apps_rules=[{"ok": True, "msg": ""}], group_defaults=defaults)
+    assert listed["groups"] == [m.replace("celery_worker_groups", "celery_apps[1].worker_groups", 1) for m in found["groups"]]
 
 
 def test_flower_takes_the_flowers_of_its_host_each_with_its_own_account_port_path_and_logins():

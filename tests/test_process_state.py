@@ -34,24 +34,24 @@ def celery_line(at, message):
 
 
 def test_supervisor_log_counts_only_a_ready_line_written_since_the_start(tmp_path):
-    query = {"manager": "supervisor", "prefix": "celery-fleetapp", "log_dir": str(tmp_path)}
+    query = {"manager": "supervisor", "prefix": "celery-fleetapp-", "log_dir": str(tmp_path)}
     log = tmp_path / "celery-fleetapp-worker-long.log"
     started = time.time()
     # The previous process's ready line, and the new one's start: not ready yet.
     log.write_text(celery_line(started - 60, f"{NODE} ready.") + celery_line(started, "Connected to sqs://"))
-    assert not logged_ready(query, "worker-long", NODE, started)
+    assert not logged_ready(query, "celery-fleetapp-worker-long", NODE, started)
     # Another node's line does not count either.
     with log.open("a") as f:
         f.write(celery_line(started + 1, "default@worker1 ready."))
-    assert not logged_ready(query, "worker-long", NODE, started)
+    assert not logged_ready(query, "celery-fleetapp-worker-long", NODE, started)
     with log.open("a") as f:
         f.write(celery_line(started + 1, f"{NODE} ready."))
-    assert logged_ready(query, "worker-long", NODE, started)
+    assert logged_ready(query, "celery-fleetapp-worker-long", NODE, started)
 
 
 def test_supervisor_without_a_log_is_not_ready(tmp_path):
-    query = {"manager": "supervisor", "prefix": "celery-fleetapp", "log_dir": str(tmp_path)}
-    assert not logged_ready(query, "worker-long", NODE, time.time())
+    query = {"manager": "supervisor", "prefix": "celery-fleetapp-", "log_dir": str(tmp_path)}
+    assert not logged_ready(query, "celery-fleetapp-worker-long", NODE, time.time())
 
 
 def test_systemd_reads_the_units_journal_since_the_start(tmp_path, monkeypatch):
@@ -61,12 +61,12 @@ def test_systemd_reads_the_units_journal_since_the_start(tmp_path, monkeypatch):
     fake.write_text(f'#!/bin/sh\necho "$@" > {asked}\ncat {tmp_path / "journal"}\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    query = {"manager": "systemd", "prefix": "celery-fleetapp"}
+    query = {"manager": "systemd", "prefix": "celery-fleetapp@"}
     (tmp_path / "journal").write_text("[2026-11-29 19:30:00,123: INFO/MainProcess] Connected to sqs://\n")
-    assert not logged_ready(query, "worker-long", NODE, 1795980600.7)
+    assert not logged_ready(query, "celery-fleetapp@worker-long.service", NODE, 1795980600.7)
     assert asked.read_text().split() == ["--no-pager", "--output=cat", "--since=@1795980600", "--unit=celery-fleetapp@worker-long.service"]
     (tmp_path / "journal").write_text(f"[2026-11-29 19:30:01,123: INFO/MainProcess] {NODE} ready.\n")
-    assert logged_ready(query, "worker-long", NODE, 1795980600.7)
+    assert logged_ready(query, "celery-fleetapp@worker-long.service", NODE, 1795980600.7)
 
 
 def test_systemd_unit_running_an_old_input_and_disabled_is_restarted_and_enabled(tmp_path, monkeypatch):
@@ -83,14 +83,14 @@ def test_systemd_unit_running_an_old_input_and_disabled_is_restarted_and_enabled
     env_file = tmp_path / "env"
     env_file.write_text("changed after this process started\n")
     os.utime(env_file, (time.time() + 5, time.time() + 5))  # well after this process's start
-    query = {"manager": "systemd", "prefix": "celery-fleetapp", "wanted": ["worker-long"], "inputs": [str(env_file)],
+    query = {"manager": "systemd", "prefix": "celery-fleetapp@", "wanted": ["celery-fleetapp@worker-long.service"], "inputs": [str(env_file)],
              "unit_dir": str(tmp_path)}
     (tmp_path / "show").write_text(show.format(state="enabled"))
     enabled = converge(query)
-    assert (enabled["restart"], enabled["start"]) == (["worker-long"], [])
+    assert (enabled["restart"], enabled["start"]) == (["celery-fleetapp@worker-long.service"], [])
     (tmp_path / "show").write_text(show.format(state="disabled"))
     disabled = converge(query)
-    assert (disabled["restart"], disabled["start"]) == (["worker-long"], ["worker-long"])
+    assert (disabled["restart"], disabled["start"]) == (["celery-fleetapp@worker-long.service"], ["celery-fleetapp@worker-long.service"])
 
 
 def manager_reads(monkeypatch, manager, reads, clock):
@@ -160,7 +160,8 @@ def test_find_names_the_apps_programs_and_units_under_either_manager_and_no_othe
         (conf_dir / name).write_text("")
     for name in ("celery-fleetapp@worker-long.service.d", "celery-tutorial@beat.service.d"):
         (unit_dir / name).mkdir()
-    query = {"apps": [{"prefix": "celery-fleetapp"}, {"prefix": "celery-mailer"}], "conf_dir": str(conf_dir), "unit_dir": str(unit_dir)}
+    query = {"apps": [{"supervisor": "celery-fleetapp-", "systemd": "celery-fleetapp@"}, {"supervisor": "celery-mailer-", "systemd": "celery-mailer@"}],
+             "conf_dir": str(conf_dir), "unit_dir": str(unit_dir)}
     assert process_state.found_files(query) == {
         "supervisor": ["celery-fleetapp-beat", "celery-fleetapp-flower", "celery-fleetapp-worker-default", "celery-mailer-beat"],
         "systemd": ["celery-fleetapp@worker-long.service"], "systemd_templates": []}
@@ -173,8 +174,7 @@ def test_find_names_the_apps_programs_and_units_under_either_manager_and_no_othe
 
 def test_every_app_of_the_host_is_read_and_named_as_its_manager_names_it(monkeypatch):
     """Two apps: each app's part of the query (its prefix, its wanted processes) read on its own,
-    the caller's names (suspects, readiness) handed to the app they belong to, the results merged
-    under the manager's names."""
+    the caller's names (suspects, readiness) handed to the app they belong to, the results merged."""
     seen = []
 
     def app_state(query):
@@ -186,12 +186,12 @@ def test_every_app_of_the_host_is_read_and_named_as_its_manager_names_it(monkeyp
     state = process_state.host_state({
         "manager": "supervisor", "log_dir": "/var/log/celery",
         "suspects": ["celery-mailer-beat"], "ready": {"celery-fleetapp-worker-default": "default@w1"},
-        "apps": [{"prefix": "celery-fleetapp", "wanted": ["worker-default", "beat"]}, {"prefix": "celery-mailer", "wanted": ["beat"]}]})
+        "apps": [{"prefix": "celery-fleetapp-", "wanted": ["celery-fleetapp-worker-default", "celery-fleetapp-beat"]},
+                 {"prefix": "celery-mailer-", "wanted": ["celery-mailer-beat"]}]})
     assert seen == [
-        {"prefix": "celery-fleetapp", "wanted": ["worker-default", "beat"], "suspects": [], "ready": {"worker-default": "default@w1"},
-         "log_dir": "/var/log/celery"},
-        {"prefix": "celery-mailer", "wanted": ["beat"], "suspects": ["beat"], "ready": {}, "log_dir": "/var/log/celery"}]
+        {"prefix": "celery-fleetapp-", "wanted": ["celery-fleetapp-worker-default", "celery-fleetapp-beat"], "suspects": [],
+         "ready": {"celery-fleetapp-worker-default": "default@w1"}, "log_dir": "/var/log/celery"},
+        {"prefix": "celery-mailer-", "wanted": ["celery-mailer-beat"], "suspects": ["celery-mailer-beat"], "ready": {}, "log_dir": "/var/log/celery"}]
     assert sorted(state["processes"]) == ["celery-fleetapp-beat", "celery-fleetapp-worker-default", "celery-mailer-beat"]
     assert state["apply"] == ["celery-fleetapp-worker-default", "celery-mailer-beat"]
     assert state["not_ready"] == ["celery-fleetapp-worker-default"]
-    assert process_state.full_name({"manager": "systemd", "prefix": "celery-mailer"}, "beat") == "celery-mailer@beat.service"

@@ -6,6 +6,7 @@ third of the controller's CPU in a no-op `site.yml` (measured in issue 25's note
 plain Python, and tests/test_fleet_model.py checks each derived value without a host.
 """
 
+import json
 import re
 
 from ansible.module_utils.parsing.convert_bool import boolean
@@ -157,17 +158,103 @@ def celery_flower_inputs(apps, host):
             for app in apps if host in app["flower_hosts"]]
 
 
-def celery_worker_inputs(apps, host):
+# What every Celery command names with --app: the entry point role celery_app installs in each
+# release, which loads the app's module (FLEET_APP_MODULE) and applies the fleet's settings.
+ENTRY_POINT = "celery_fleet:app"
+
+
+def _groups(app, group_defaults):
+    """The app's worker groups, each with every key filled in from group_defaults."""
+    return [dict(group_defaults, **group) for group in app["worker_groups"]]
+
+
+def _process_prefixes(app):
+    """What every name of the app's processes starts with, under each process manager: the
+    supervisor program celery-<app>-<instance>, the instance celery-<app>@<instance>.service of
+    the systemd template unit celery-<app>@.service. The one place the names are spelt: the role
+    finds, reads and reports processes by these prefixes and by the names made of them."""
+    return {"supervisor": f"celery-{app['name']}-", "systemd": f"celery-{app['name']}@"}
+
+
+def _process(app, host, manager, kind, instance, argv, **keys):
+    """One Celery process of `app` on `host`: named as its manager names it (_process_prefixes),
+    its command line (the one source of supervisor's and systemd's), and whom it runs as."""
+    return dict({"app": app["name"], "kind": kind, "instance": instance,
+                 "name": _process_prefixes(app)[manager] + instance + (".service" if manager == "systemd" else ""),
+                 "command": " ".join(argv), "user": app["user"], "inputs": []}, **keys)
+
+
+def _processes(app, host, manager, group_defaults, loglevel):
+    """The processes of `app` that run on `host`: one per worker group present (where the app's
+    `workers` run), beat and Flower where they run. A process of the app not listed here is stopped
+    and removed wherever a run finds it (a group made absent, beat or Flower moved)."""
+    run = f"{app['root']}/bin/run"
+    celery = [run, "celery", f"--app={ENTRY_POINT}"]
+    processes = []
+    for group in _groups(app, group_defaults) if host in app["worker_hosts"] else []:
+        if group["state"] != "present":
+            continue
+        node = f"{group['name']}@{host}"
+        argv = celery + ["worker", f"--hostname={node}", f"--queues={','.join(group['queues'])}",
+                         f"--concurrency={group['concurrency']}", f"--pool={group['pool']}"]
+        argv += [f"--max-tasks-per-child={group['max_tasks_per_child']}"] if group["max_tasks_per_child"] > 0 else []
+        argv += ["--without-gossip", "--without-mingle", f"--loglevel={loglevel}"]
+        processes.append(_process(app, host, manager, "worker", f"worker-{group['name']}", argv, node=node, group=group["name"],
+                                  queues=group["queues"]))
+    if host in app["beat_hosts"]:
+        # Beat keeps its schedule in the app's home, so a restart neither repeats nor skips a task.
+        schedule = f"{app['home']}/{app['name']}-beat-schedule"
+        processes.append(_process(app, host, manager, "beat", "beat", celery + ["beat", f"--schedule={schedule}", f"--loglevel={loglevel}"],
+                                  schedule=schedule))
+    if host in app["flower_hosts"]:
+        # Flower runs from the release's tools venv as its own user, and reads its configuration
+        # (celery_flower writes it): a Flower started before it changed restarts.
+        processes.append(_process(app, host, manager, "flower", "flower",
+                                  [run, "--tools", "celery", f"--app={ENTRY_POINT}", "flower", f"--conf={app['flower_config_file']}"],
+                                  user=app["flower_user"], inputs=[app["flower_config_file"]]))
+    return processes
+
+
+def celery_worker_inputs(apps, host, manager, group_defaults, loglevel):
     """Role celery_worker's view of the apps whose processes run on `host`: each app's account and
-    paths, its worker groups and whether they run here, whether beat and Flower run here, and its
-    smoke task."""
+    paths, the entry point its Celery commands name with --app, what its processes' names start
+    with under either manager (`process_prefixes`: what the role finds and removes), its processes
+    here (`processes`, see _processes) and its smoke task."""
     return [{"name": app["name"], "root": app["root"], "env_file": app["env_file"], "user": app["user"], "group": app["group"],
              "home": app["home"], "workdir": app["workdir"] or app["home"],
-             "worker_groups": app["worker_groups"], "workers": host in app["worker_hosts"],
-             "beat": host in app["beat_hosts"], "flower": host in app["flower_hosts"],
-             "flower_user": app["flower_user"], "flower_config_file": app["flower_config_file"],
+             "entry_point": ENTRY_POINT, "process_prefixes": _process_prefixes(app),
+             "processes": _processes(app, host, manager, group_defaults, loglevel),
              "smoke_task": app["smoke_task"], "smoke_args": app["smoke_args"], "smoke_result": app["smoke_result"]}
             for app in apps if host in app["process_hosts"]]
+
+
+def _group_rules(app, where, group_defaults):
+    """The rules of an app's worker groups (`where`: the variable that names them)."""
+    groups = _groups(app, group_defaults)
+    names = [str(group.get("name", "")) for group in groups]
+    rules = [
+        (len(names) > 0, f"{where} needs at least one group."),
+        (len(set(names)) == len(names), f"{where}: group names must be unique: {json.dumps(names)}"),
+        (all(_matches(r"^[a-z][a-z0-9_-]*$", name) for name in names),
+         f"{where}: group names take lower-case letters, digits, `-` and `_`: {json.dumps(names)}"),
+    ]
+    for group in groups:
+        at, queues = f"{where}, group {group.get('name', '')}: ", group["queues"]
+        rules += [
+            (isinstance(queues, list) and len(queues) > 0 and all(_matches(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", q) for q in queues),
+             f"{at}queues must be a non-empty list of names of letters, digits and `._:-` (got {json.dumps(queues)})."),
+            (_is_int(group["concurrency"]) and group["concurrency"] >= 1,
+             f"{at}concurrency must be an integer of at least 1 (got {group['concurrency']})."),
+            (_is_int(group["max_tasks_per_child"]) and group["max_tasks_per_child"] >= 0,
+             f"{at}max_tasks_per_child must be 0 or more (got {group['max_tasks_per_child']})."),
+            (group["pool"] in ("prefork", "threads", "solo"), f"{at}pool must be prefork, threads or solo (got {group['pool']})."),
+            (group["state"] in ("present", "absent"), f"{at}state must be present or absent (got {group['state']})."),
+        ]
+    return rules
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def celery_rabbitmq_users(apps, flower_enabled, flower_api_user, flower_api_password):
@@ -269,12 +356,14 @@ def _matches(pattern, value):
     return re.match(pattern, "" if value is None else str(value)) is not None
 
 
-def celery_fleet_refusals(apps, broker, result_backend, broker_user, broker_vhost, ack_timeout, sqs, cluster, apps_rules):
+def celery_fleet_refusals(apps, broker, result_backend, broker_user, broker_vhost, ack_timeout, task_time_limit, soft_shutdown_timeout, sqs,
+                          cluster, apps_rules, group_defaults):
     """The fleet-wide rules no argument spec can express, by topic ({choices, sqs, cluster,
     apps}: the messages of the rules that fail, each naming its variable; empty lists on a good
     inventory). `sqs`: the SQS settings when SQS carries the tasks, else None; `cluster`: the
     RabbitMQ cluster's brokers, nodes, broker_hosts and delivery_limit when there is one, else
-    None; `apps_rules`: celery_apps_rules of a list of apps."""
+    None; `apps_rules`: celery_apps_rules of a list of apps; `group_defaults`: what a worker group
+    leaves out (each app's groups are checked with them filled in)."""
     rules = {"choices": [
         (result_backend != "rpc" or broker == "rabbitmq",
          f"celery_result_backend rpc needs celery_broker rabbitmq (got {broker}"
@@ -287,7 +376,14 @@ def celery_fleet_refusals(apps, broker, result_backend, broker_user, broker_vhos
          f"celery_broker_user ({broker_user}) takes letters, digits and `._-`, and is not guest."),
         (_matches(r"^[A-Za-z0-9._-]+$", broker_vhost), f"celery_broker_vhost ({broker_vhost}) takes letters, digits and `._-`."),
         (_int(ack_timeout) > 0, f"celery_broker_ack_timeout must be a positive number of seconds (got {ack_timeout})."),
-    ], "sqs": [], "cluster": [], "apps": [(rule["ok"], rule["msg"]) for rule in apps_rules]}
+        (_int(ack_timeout) <= 0 or _int(ack_timeout) > _int(task_time_limit) + _int(soft_shutdown_timeout),
+         f"celery_broker_ack_timeout ({ack_timeout} s) must be longer than celery_app_task_time_limit ({task_time_limit} s) plus"
+         f" celery_app_worker_soft_shutdown_timeout ({soft_shutdown_timeout} s), or the broker hands running tasks to a second"
+         " worker (Redis) or drops the worker's channel (RabbitMQ)."),
+    ], "sqs": [], "cluster": [], "apps": [(rule["ok"], rule["msg"]) for rule in apps_rules],
+        # The single app's groups are celery_worker_groups; a list's, each entry's worker_groups.
+        "groups": [rule for index, app in enumerate(apps)
+                   for rule in _group_rules(app, f"celery_apps[{index}].worker_groups" if apps_rules else "celery_worker_groups", group_defaults)]}
     if sqs is not None:
         key_id, secret = sqs["aws_access_key_id"] or "", sqs["aws_secret_access_key"] or ""
         rules["sqs"] = [

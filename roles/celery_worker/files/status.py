@@ -3,10 +3,11 @@
 Run by the celery_worker role through the app's launcher (`bin/run python -c ...`), as root, so
 it reaches the broker with the app's own settings and credentials:
 
-    APP MANAGER PREFIX HOSTNAME QUEUES BEAT_SCHEDULE BEAT_STALE INSTANCE...
+    APP MANAGER HOSTNAME QUEUES BEAT_SCHEDULE BEAT_STALE PROCESSES
 
-MANAGER is supervisor or systemd; each INSTANCE is worker-<group>, beat or flower, the supervisor
-program PREFIX-INSTANCE or the unit PREFIX@INSTANCE.service. QUEUES (comma-separated) are the
+MANAGER is supervisor or systemd; PROCESSES is a JSON list of the host's processes of the app,
+each its manager's name (the supervisor program or the systemd unit), its instance
+(worker-<group>, beat or flower) and a worker group's node (<group>@<host>). QUEUES (comma-separated) are the
 queues this host's worker groups consume (with SQS: waiting, in flight and delayed, from the
 queue's attributes; and no ping: SQS carries no remote control). BEAT_SCHEDULE is beat's schedule file when beat runs
 here (else "-"): beat writes it as it ticks, so its age says when beat last worked; older than
@@ -15,6 +16,7 @@ part: the broker, a worker group's node, a process, beat.
 """
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -22,17 +24,18 @@ import time
 
 from celery.app.utils import find_app
 
-app_name, manager, prefix, hostname, queues, beat_schedule, beat_stale, *instances = sys.argv[1:]
+app_name, manager, hostname, queues, beat_schedule, beat_stale, processes = sys.argv[1:]
+processes = json.loads(processes)
 app = find_app(app_name)
 trouble = []
 
 
-def state_and_pid(instance):
+def state_and_pid(name):
     if manager == "supervisor":
-        out = subprocess.run(["supervisorctl", "status", f"{prefix}-{instance}"], capture_output=True, text=True).stdout.split()
+        out = subprocess.run(["supervisorctl", "status", name], capture_output=True, text=True).stdout.split()
         state = out[1] if len(out) > 1 else "UNKNOWN"
         return state, int(out[3].rstrip(",")) if state == "RUNNING" else 0
-    show = subprocess.run(["systemctl", "show", "-p", "ActiveState", "-p", "MainPID", f"{prefix}@{instance}.service"],
+    show = subprocess.run(["systemctl", "show", "-p", "ActiveState", "-p", "MainPID", name],
                           capture_output=True, text=True).stdout
     props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
     state = props.get("ActiveState", "unknown")
@@ -80,16 +83,16 @@ finally:
 
 # Remote control needs a fanout exchange: SQS has none, so its workers are not pinged.
 pingable = "fanout" in broker.transport.implements.exchange_type
-nodes = [f"{i[len('worker-'):]}@{hostname}" for i in instances if i.startswith("worker-")]
+nodes = [process["node"] for process in processes if process.get("node")]
 answered = (app.control.inspect(destination=nodes, timeout=3).ping() or {}) if nodes and reachable and pingable else {}
-for instance in instances:
-    state, pid = state_and_pid(instance)
+for process in processes:
+    instance, node = process["instance"], process.get("node")
+    state, pid = state_and_pid(process["name"])
     line = f"{instance}: {state}" + (f", pid {pid}, up {uptime(pid)}" if pid else "")
-    if instance.startswith("worker-") and pingable:
-        group, node = instance[len("worker-"):], f"{instance[len('worker-'):]}@{hostname}"
+    if node and pingable:
         line += ", ping " + ("ok" if node in answered else "NO ANSWER")
         if node not in answered:
-            trouble.append(f"worker group {group} ({node}) does not answer")
+            trouble.append(f"worker group {node.split('@')[0]} ({node}) does not answer")
     if state != "RUNNING":
         trouble.append(f"{instance} is {state}")
     print(line)

@@ -11,14 +11,15 @@ not running, with that many log lines), suspects (processes to report on), ready
 node}: the worker groups whose readiness to read; a broker without remote control, SQS, cannot
 answer `inspect ping`, so a group is ready when its process runs and its log says Celery's
 `<node> ready.` since that process started), steady ({names, seconds}), and apps, one entry per
-app: prefix (celery-<app>),
-wanted (instances that must run: worker-<group>, beat, flower), inputs (files every process of
-the app reads at start: the environment file, the launcher, the `current` link), process_inputs
-(per instance, files only it reads: Flower's configuration). With `find`, only the apps'
-prefixes are read.
+app: prefix (what the names of the app's processes start with under the manager), wanted (the
+names of the processes that must run), inputs (files every process of the app reads at start:
+the environment file, the launcher, the `current` link), process_inputs (per process, files only
+it reads: Flower's configuration). With `find`, apps gives each app's prefix under either manager
+({supervisor, systemd}) and only those are read.
 
-Every process is returned by its manager's name for it: the supervisor program
-`<prefix>-<instance>` or the systemd unit `<prefix>@<instance>.service`. Returns each found
+Every process is named as its manager names it (the fleet's model names them; this module only
+matches them by their app's prefix): a supervisor program, or a systemd unit, an instance of the
+app's template unit `<prefix>.service`. Returns each found
 process's state, main PID and start time, and what converges the host: `apply` (supervisor
 programs to load, reload or forget: new, changed or removed files, whatever an earlier run left
 undone), `daemon_reload`, `stop` (systemd units no longer wanted), `restart` (running, but started
@@ -66,35 +67,33 @@ def run(*argv):
 
 
 def supervisor(query):
-    prefix = query["prefix"] + "-"
+    prefix = query["prefix"]
     reread = dict(re.findall(r"^(\S+): (available|changed|disappeared)$", run("supervisorctl", "reread"), re.M))
     found = {}
     for line in run("supervisorctl", "status").splitlines():
         fields = line.split(None, 2)
         if len(fields) >= 2 and fields[0].startswith(prefix):
             pid = re.search(r"\bpid (\d+),", line)
-            found[fields[0][len(prefix):]] = {"state": fields[1], "pid": int(pid.group(1)) if pid else 0,
-                                              "detail": fields[2] if len(fields) > 2 else ""}
-    apply = [name[len(prefix):] for name in reread if name.startswith(prefix)]
+            found[fields[0]] = {"state": fields[1], "pid": int(pid.group(1)) if pid else 0, "detail": fields[2] if len(fields) > 2 else ""}
+    apply = [name for name in reread if name.startswith(prefix)]
     apply += [name for name in query["wanted"] if name not in found and name not in apply]
     return found, apply, False, []
 
 
 def systemd(query):
-    prefix = query["prefix"] + "@"
+    prefix = query["prefix"]
     listed = run("systemctl", "list-units", "--all", "--plain", "--no-legend", f"{prefix}*.service").split("\n")
-    units = sorted({line.split()[0] for line in listed if line.strip()} | {f"{prefix}{name}.service" for name in query["wanted"]})
+    units = sorted({line.split()[0] for line in listed if line.strip()} | set(query["wanted"]))
     properties = "Id,LoadState,ActiveState,SubState,UnitFileState,NeedDaemonReload,MainPID"
     found, reload = {}, bool(query.get("reload"))
     for block in run("systemctl", "show", f"--property={properties}", *units).split("\n\n"):
         show = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
         if not show.get("Id", "").startswith(prefix):
             continue
-        instance = show["Id"][len(prefix):-len(".service")]
         active = show["ActiveState"] == "active"
-        found[instance] = {"state": "RUNNING" if active else show["ActiveState"].upper(),
-                           "pid": int(show["MainPID"]) if active else 0, "detail": show["SubState"],
-                           "enabled": show["UnitFileState"] == "enabled"}
+        found[show["Id"]] = {"state": "RUNNING" if active else show["ActiveState"].upper(),
+                             "pid": int(show["MainPID"]) if active else 0, "detail": show["SubState"],
+                             "enabled": show["UnitFileState"] == "enabled"}
         reload = reload or show["NeedDaemonReload"] == "yes"
     unwanted = [name for name, process in found.items() if name not in query["wanted"] and process["state"] == "RUNNING"]
     return found, [], reload, unwanted
@@ -103,21 +102,22 @@ def systemd(query):
 def found_files(query):
     """The apps' supervisor programs and systemd units on the host, under either manager, by their
     manager's name, and the apps' systemd template units (read before any file is written: what
-    the run may have to stop and remove)."""
+    the run may have to stop and remove). Only a worker group's, beat's or Flower's program counts
+    as the fleet's: another program that starts with an app's prefix is left alone."""
     conf_dir, unit_dir = query.get("conf_dir", "/etc/supervisor/conf.d"), query.get("unit_dir", "/etc/systemd/system")
     listed = {path: sorted(os.listdir(path)) if os.path.isdir(path) else [] for path in (conf_dir, unit_dir)}
     found = {"supervisor": [], "systemd": [], "systemd_templates": []}
     for app in query["apps"]:
-        prefix = re.escape(app["prefix"])
-        found["supervisor"] += [name[:-len(".conf")] for name in listed[conf_dir] if re.fullmatch(prefix + r"-(worker-.+|beat|flower)\.conf", name)]
-        found["systemd"] += [name[:-len(".d")] for name in listed[unit_dir] if re.fullmatch(prefix + r"@.+\.service\.d", name)]
-        found["systemd_templates"] += [name for name in listed[unit_dir] if name == f"{app['prefix']}@.service"]
+        program, unit = re.escape(app["supervisor"]), re.escape(app["systemd"])
+        found["supervisor"] += [name[:-len(".conf")] for name in listed[conf_dir] if re.fullmatch(program + r"(worker-.+|beat|flower)\.conf", name)]
+        found["systemd"] += [name[:-len(".d")] for name in listed[unit_dir] if re.fullmatch(unit + r".+\.service\.d", name)]
+        found["systemd_templates"] += [name for name in listed[unit_dir] if name == app["systemd"] + ".service"]
     return found
 
 
-def unit_files(query, instance):
-    base = os.path.join(query.get("unit_dir", "/etc/systemd/system"), query["prefix"])
-    return [f"{base}@.service", f"{base}@{instance}.service.d/process.conf"]
+def unit_files(query, name):
+    unit_dir = query.get("unit_dir", "/etc/systemd/system")
+    return [os.path.join(unit_dir, query["prefix"] + ".service"), os.path.join(unit_dir, name + ".d", "process.conf")]
 
 
 def converge(query):
@@ -147,9 +147,9 @@ def logged_ready(query, name, node, since):
     """Whether worker `name` logged Celery's `<node> ready.` at or after `since` (its start)."""
     text = f"{node} ready."
     if query["manager"] == "systemd":
-        journal = run("journalctl", "--no-pager", "--output=cat", f"--since=@{int(since)}", f"--unit={query['prefix']}@{name}.service")
+        journal = run("journalctl", "--no-pager", "--output=cat", f"--since=@{int(since)}", f"--unit={name}")
         return any(line.endswith(text) for line in journal.splitlines())
-    path = os.path.join(query["log_dir"], f"{query['prefix']}-{name}.log")
+    path = os.path.join(query["log_dir"], f"{name}.log")
     try:
         with open(path, "rb") as log:
             log.seek(max(0, os.path.getsize(path) - LOG_TAIL_BYTES))
@@ -203,9 +203,9 @@ def unsteady(query, names, seconds):
 
 def log_tail(query, name, lines):
     if query["manager"] == "systemd":
-        return run("journalctl", "--no-pager", "--output=cat", f"--lines={lines}", f"--unit={query['prefix']}@{name}.service")
+        return run("journalctl", "--no-pager", "--output=cat", f"--lines={lines}", f"--unit={name}")
     try:
-        with open(os.path.join(query["log_dir"], f"{query['prefix']}-{name}.log"), errors="replace") as log:
+        with open(os.path.join(query["log_dir"], f"{name}.log"), errors="replace") as log:
             return "".join(log.readlines()[-lines:])
     except OSError as error:
         return f"(no log: {error})"
@@ -217,15 +217,9 @@ def report(query, state):
     down = [name for name in query["wanted"] if state["processes"].get(name, {}).get("state") != "RUNNING"]
     for name in dict.fromkeys(query.get("suspects", []) + state.get("not_ready", []) + down):
         process = state["processes"].get(name, {"state": "NOT LOADED", "detail": ""})
-        unit = f"{query['prefix']}@{name}.service" if query["manager"] == "systemd" else f"{query['prefix']}-{name}"
-        lines.append(f"{unit}: {process['state']} {process.get('detail', '')}".rstrip() + "; its last log lines:")
+        lines.append(f"{name}: {process['state']} {process.get('detail', '')}".rstrip() + "; its last log lines:")
         lines += ["    " + line for line in log_tail(query, name, query["logs"]).splitlines()]
     return lines
-
-
-def full_name(query, instance):
-    """The process manager's name of an app's process: its supervisor program or systemd unit."""
-    return f"{query['prefix']}@{instance}.service" if query["manager"] == "systemd" else f"{query['prefix']}-{instance}"
 
 
 def app_state(query):
@@ -234,37 +228,35 @@ def app_state(query):
     if query.get("ready"):
         state["not_ready"] = not_ready(query, state["processes"])
     if query.get("steady"):
-        state["unsteady"] = unsteady(query, query["steady"]["instances"], query["steady"]["seconds"])
+        state["unsteady"] = unsteady(query, query["steady"]["names"], query["steady"]["seconds"])
     if query.get("logs"):
         state["report"] = report(query, state)
     return state
 
 
 def host_state(query):
-    """Every app's state, merged, each process by its manager's name."""
+    """Every app's state, merged (each process by its manager's name)."""
     common = {key: value for key, value in query.items() if key != "apps"}
     merged = {"processes": {}, "apply": [], "daemon_reload": False, "stop": [], "restart": [], "start": [],
               "not_ready": [], "unsteady": [], "report": []}
     for app in query["apps"]:
         app_query = dict(common, **app)
-        # The caller names processes by their manager's name; each app's part, by instance.
-        own = {full_name(app_query, instance): instance for instance in app["wanted"]}
+        # The caller names processes of every app; each app's part is its wanted processes'.
+        own = set(app["wanted"])
         if "suspects" in common:
-            app_query["suspects"] = [own[name] for name in common["suspects"] if name in own]
+            app_query["suspects"] = [name for name in common["suspects"] if name in own]
         if "ready" in common:
-            app_query["ready"] = {own[name]: node for name, node in common["ready"].items() if name in own}
+            app_query["ready"] = {name: node for name, node in common["ready"].items() if name in own}
         if "steady" in common:
-            app_query["steady"] = {"instances": [own[name] for name in common["steady"]["names"] if name in own],
+            app_query["steady"] = {"names": [name for name in common["steady"]["names"] if name in own],
                                    "seconds": common["steady"]["seconds"]}
         for key, value in app_state(app_query).items():
             if key == "processes":
-                merged[key].update({full_name(app_query, name): process for name, process in value.items()})
+                merged[key].update(value)
             elif key == "daemon_reload":
                 merged[key] = merged[key] or value
-            elif key == "report":
-                merged[key] += value
             else:
-                merged[key] += [full_name(app_query, name) for name in value]
+                merged[key] += value
     return merged
 
 
