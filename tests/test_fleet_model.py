@@ -21,10 +21,6 @@ from fleet_model import (  # noqa: E402
 GROUPS = {"all": ["b1", "b2", "b3", "w1", "w2", "web1"], "brokers": ["b1"], "workers": ["w1", "w2"], "beat": ["w1"],
           "flower": ["w1"], "clients": ["web1"]}
 DEFAULT_GROUPS = [{"name": "default", "queues": ["celery"]}]
-KEYS = ["name", "src", "module", "requirements", "env", "settings", "worker_groups", "workers", "beat", "smoke_task",
-        "smoke_args", "smoke_result", "root", "env_file", "workdir", "user", "group", "home", "broker_user",
-        "broker_password", "broker_namespace", "sends_to", "flower", "flower_users", "flower_url_prefix"]
-
 
 # Role celery's defaults of the single-app variables (celery_app_<key>), as the plays pass them.
 ROLE_DEFAULTS = yaml.safe_load((Path(__file__).resolve().parents[1] / "roles/celery/defaults/main.yml").read_text())
@@ -135,7 +131,7 @@ def test_broker_accounts_grant_an_app_its_namespace_and_the_queues_it_sends_to_o
 
 def failing(entries, flower_enabled=True, single_app_variables_set=()):
     apps = model(entries, flower_enabled=flower_enabled)
-    return [rule["msg"] for rule in celery_apps_rules(entries, apps, KEYS, GROUPS["all"], flower_enabled, single_app_variables_set) if not rule["ok"]]
+    return [rule["msg"] for rule in celery_apps_rules(entries, apps, GROUPS["all"], flower_enabled, single_app_variables_set) if not rule["ok"]]
 
 
 def test_a_valid_list_of_apps_passes_every_rule():

@@ -20,6 +20,9 @@ APP_DEFAULTS = {
     "user": None, "group": None, "home": None, "broker_password": "", "broker_user": None, "broker_namespace": None,
     "broker_url": "", "result_backend": "",
 }
+# The keys an entry of celery_apps may have (a misspelt key would otherwise be ignored): its name
+# and every key with a default, less the URLs (a list's apps get theirs from their accounts).
+ENTRY_KEYS = ["name"] + [key for key in APP_DEFAULTS if key not in ("broker_url", "result_backend")]
 
 
 def _single_app(single_app, groups, broker, broker_user, broker_vhost, broker_password, flower_enabled):
@@ -287,19 +290,19 @@ def celery_redis_users(apps):
             for app in apps if app["redis_user"]]
 
 
-def celery_apps_rules(entries, apps, keys, hosts, flower_enabled, single_app_variables_set):
+def celery_apps_rules(entries, apps, hosts, flower_enabled, single_app_variables_set):
     """The rules of a list of apps, one message each naming the entry and its key ({ok, msg})."""
     rules = []
     names = [str(entry.get("name", "")) for entry in entries]
     for index, entry in enumerate(entries):
         where = f"celery_apps[{index}]"
         name = str(entry.get("name", ""))
-        unknown = [key for key in entry if key not in keys]
+        unknown = [key for key in entry if key not in ENTRY_KEYS]
         rules += [
             {"ok": bool(re.match(r"^[a-z][a-z0-9_]*$", name)),
              "msg": f"{where}.name ({name}) is required: lower-case letters, digits and `_`, starting with a letter."},
             {"ok": names.count(name) == 1, "msg": f"{where}.name ({name}) names another app too: each app needs its own name."},
-            {"ok": not unknown, "msg": f"{where} ({name}) has keys no app takes: {', '.join(unknown)} (known: {', '.join(keys)})."},
+            {"ok": not unknown, "msg": f"{where} ({name}) has keys no app takes: {', '.join(unknown)} (known: {', '.join(ENTRY_KEYS)})."},
         ]
     app_names = [app["name"] for app in apps]
     for index, app in enumerate(apps):
