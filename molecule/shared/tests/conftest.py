@@ -47,7 +47,7 @@ BROKER_SERVICE = "rabbitmq-server" if BROKER == "rabbitmq" else "redis-server"
 def _worker_groups():
     """{group name: its queues} of the scenario's workers, read from the scenario's inventory
     (celery_worker_groups of the first worker host; role celery's default where the inventory sets
-    none, each group's keys from role celery_worker's group defaults); groups with state absent are
+    none, each group's keys from celery_worker_group_defaults); groups with state absent are
     left out."""
     hosts = RUNNER.get_hosts("workers")
     if not hosts:
