@@ -10,12 +10,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "filter"))
 
 from fleet_model import (  # noqa: E402
+    celery_app_removed_inputs,
     celery_apps_rules,
     celery_fleet_apps,
     celery_fleet_refusals,
     celery_flower_inputs,
+    celery_flower_removed_inputs,
     celery_rabbitmq_users,
     celery_redis_users,
+    celery_worker_removed_inputs,
 )
 
 GROUPS = {"all": ["b1", "b2", "b3", "w1", "w2", "web1"], "brokers": ["b1"], "workers": ["w1", "w2"], "beat": ["w1"],
@@ -157,6 +160,12 @@ def test_a_valid_list_of_apps_passes_every_rule():
     ({0: {"sends_to": ["post"]}}, ["celery_apps[0].sends_to (post) must name other apps of celery_apps; unknown: post."]),
     ({0: {"sends_to": ["shop"]}}, ["celery_apps[0].sends_to (shop) must name other apps"]),
     ({1: {"worker_groups": []}}, ["celery_apps[1].workers and .worker_groups (app mail) need at least one host and one group"]),
+    ({1: {"state": "gone"}}, ["celery_apps[1].state (gone) must be present or absent"]),
+    ({1: {"drop_queued": "maybe"}}, ["celery_apps[1].drop_queued (maybe) must be true or false."]),
+    ({1: {"state": "absent"}}, ["celery_apps[0].sends_to (mail) names an app marked absent"]),
+    # An app marked absent keeps only the rules that keep its removal off another app's account.
+    ({2: {"state": "absent", "flower_users": [], "workers": ["w9"], "worker_groups": []}}, []),
+    ({2: {"state": "absent", "broker_namespace": "shop"}}, ["celery_apps[0].broker_namespace (shop)", "celery_apps[2].broker_namespace (shop)"]),
 ])
 def test_each_wrong_entry_is_refused_by_its_own_rule(change, messages):
     entries = [dict(entry, **change.get(index, {})) for index, entry in enumerate(TWO_APPS)]
@@ -254,3 +263,43 @@ def test_flower_takes_the_flowers_of_its_host_each_with_its_own_account_port_pat
     assert celery_flower_inputs(apps, "w2") == [], "w2 is not in the flower group"
     (single,) = model(inventory={"celery_flower_users": users, "celery_flower_url_prefix": "flower"})
     assert [(f["user"], f["url_prefix"], f["users"]) for f in celery_flower_inputs([single], "w1")] == [("flower", "flower", users)]
+
+
+def test_an_app_marked_absent_stays_in_the_model_and_every_role_gets_what_to_remove():
+    entries = [dict(TWO_APPS[0], sends_to=[]), TWO_APPS[1], dict(TWO_APPS[2], state="absent", drop_queued="yes")]
+    apps = model(entries)
+    present, removed = [a for a in apps if a["state"] == "present"], [a for a in apps if a["state"] == "absent"]
+    assert [a["name"] for a in present] == ["shop", "mail"] and [a["name"] for a in removed] == ["search"]
+    # Its Flower keeps its port while its entry stays, so the others' do not move.
+    assert removed[0]["flower_port"] == 5556
+    assert celery_worker_removed_inputs(removed) == [{
+        "name": "search", "root": "/opt/search", "entry_point": "celery_fleet:app", "queues": ["celery"], "drop_queued": True,
+        "process_prefixes": {"supervisor": "celery-search-", "systemd": "celery-search@"}}]
+    assert celery_flower_removed_inputs(removed) == [{"name": "search", "config_file": "/etc/celery-fleet/search-flower.py",
+                                                      "htpasswd": "/etc/nginx/search-flower.htpasswd", "user": "flower-search"}]
+    assert celery_app_removed_inputs(removed, present) == [{"name": "search", "root": "/opt/search", "env_file": "/etc/celery-fleet/search.env",
+                                                            "home": "/var/lib/celery-search", "user": "celery-search", "group": "celery-search"}]
+
+
+def test_a_removal_keeps_whatever_an_app_the_fleet_runs_uses_too():
+    entries = [dict(TWO_APPS[0], sends_to=[]), dict(TWO_APPS[1], state="absent", user="celery-shop", group="celery-shop",
+                                                    root="/srv/apps", env_file="/etc/celery-fleet/mail.env")]
+    apps = model(entries)
+    present, removed = [a for a in apps if a["state"] == "present"], [a for a in apps if a["state"] == "absent"]
+    present[0]["root"] = "/srv/apps"
+    assert celery_app_removed_inputs(removed, present) == [{"name": "mail", "root": "", "env_file": "/etc/celery-fleet/mail.env",
+                                                            "home": "/var/lib/celery-mail", "user": "", "group": ""}]
+
+
+def test_every_app_marked_absent_or_an_absent_app_on_sqs_is_refused():
+    every = [dict(entry, state="absent", sends_to=[]) for entry in TWO_APPS]
+    assert "celery_apps marks every app absent: keep at least one app (a fleet without apps runs nothing)." in failing(every)
+    one = [dict(TWO_APPS[0], sends_to=[], flower=False), dict(TWO_APPS[1], state="absent")]
+    sqs = {"region": "eu-west-1", "queue_name_prefix": "", "wait_time_seconds": 20, "polling_interval": 1, "aws_access_key_id": "",
+           "aws_secret_access_key": "", "endpoint_url": "", "dynamodb_endpoint_url": "", "flower_enabled": False}
+    found = celery_fleet_refusals(model(one, broker="sqs", result_backend="dynamodb"), broker="sqs", result_backend="dynamodb",
+                                  broker_user="celery", broker_vhost="celery", ack_timeout=7200, task_time_limit=1800,
+                                  soft_shutdown_timeout=60, sqs=sqs, cluster=None, apps_rules=[], group_defaults=ROLE_DEFAULTS["celery_worker_group_defaults"])
+    assert [m for m in found["sqs"] if "marked absent" in m] == [
+        "celery_apps: an app marked absent needs the redis or rabbitmq broker: with SQS the fleet does not delete queues yet;"
+        " stop its processes, delete its queues and take its entry out."], found

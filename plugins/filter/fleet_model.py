@@ -18,7 +18,7 @@ APP_DEFAULTS = {
     "workers": ["workers"], "beat": False, "flower": False, "flower_users": [], "flower_url_prefix": None,
     "smoke_task": "", "smoke_args": [], "smoke_result": None, "root": "", "env_file": "", "workdir": "",
     "user": None, "group": None, "home": None, "broker_password": "", "broker_user": None, "broker_namespace": None,
-    "broker_url": "", "result_backend": "",
+    "broker_url": "", "result_backend": "", "state": "present", "drop_queued": False,
 }
 # The keys an entry of celery_apps may have (a misspelt key would otherwise be ignored): its name
 # and every key with a default, less the URLs (a list's apps get theirs from their accounts).
@@ -56,6 +56,11 @@ def _truth(value):
 
 def _present(group):
     return group.get("state", "present") == "present"
+
+
+def _kept(app):
+    """An app the fleet keeps: any but those marked `state: absent` (a wrong state is refused)."""
+    return app.get("state") != "absent"
 
 
 def _app(entry, fleet, several, flowers_before):
@@ -116,7 +121,8 @@ def celery_fleet_apps(celery_apps, single_app, groups, broker, result_backend, b
     """Every app of the fleet (celery_apps, or the single app of the inventory's single-app
     variables) with every key filled in, its hosts, its broker URLs, and what it may send to other
     apps (`send_to`: the other app's queues, reached with the sender's own account: on RabbitMQ on
-    the other vhost, on Redis under the other prefix)."""
+    the other vhost, on Redis under the other prefix). Apps marked `state: absent` are in the list
+    too, derived the same way: where their processes, files and account are, to remove them."""
     groups = {k: list(v) for k, v in groups.items()}
     several = len(celery_apps) > 0
     entries = celery_apps if several else [_single_app(single_app, groups, broker, broker_user, broker_vhost, broker_password,
@@ -128,7 +134,10 @@ def celery_fleet_apps(celery_apps, single_app, groups, broker, result_backend, b
     apps = []
     for entry in entries:
         # An entry without a name is refused by celery_apps_rules, which needs the rest anyway.
+        # Flower ports count every Flower before the app's, those of apps marked absent too: the
+        # other Flowers keep their ports (and processes) while a removed app's entry stays.
         apps.append(_app(dict(entry, name=str(entry.get("name", ""))), fleet, several, sum(1 for a in apps if _truth(a["flower"]))))
+    # An app marked absent sends nothing and nothing is sent to it.
     for app in apps:
         app["send_to"] = {
             target["name"]: {
@@ -137,8 +146,8 @@ def celery_fleet_apps(celery_apps, single_app, groups, broker, result_backend, b
                                 for url in app["broker_url"].split(";")),
                 "transport_options": {"confirm_publish": True} if broker == "rabbitmq" else {"global_keyprefix": target["key_prefix"]},
             }
-            for target in apps if target["name"] in app["sends_to"]
-        }
+            for target in apps if target["name"] in app["sends_to"] and _kept(target)
+        } if _kept(app) else {}
     return apps
 
 
@@ -151,6 +160,29 @@ CELERY_APP_KEYS = ("name", "module", "root", "env_file", "user", "group", "home"
 def celery_app_inputs(apps):
     """Role celery_app's view of the apps: each app's keys that the role takes, no other."""
     return [{key: app[key] for key in CELERY_APP_KEYS} for app in apps]
+
+
+def celery_worker_removed_inputs(apps):
+    """Role celery_worker's view of the apps to remove: what their processes' names start with
+    under either manager, wherever a run finds them, and how to count the tasks that wait for them
+    (their launcher, entry point and queues) before they go."""
+    return [{"name": app["name"], "root": app["root"], "entry_point": ENTRY_POINT, "process_prefixes": _process_prefixes(app),
+             "queues": app["queues"], "drop_queued": _truth(app["drop_queued"])} for app in apps]
+
+
+def celery_app_removed_inputs(apps, present):
+    """Role celery_app's view of the apps to remove: what the fleet put on the hosts for each
+    (its root, environment file, home, account and group), less anything an app of `present` (the
+    apps the fleet runs) uses too, left empty."""
+    kept = {key: {app[key] for app in present} for key in ("root", "env_file", "home", "user", "group")}
+    return [dict({"name": app["name"]}, **{key: "" if app[key] in used else app[key] for key, used in kept.items()}) for app in apps]
+
+
+def celery_flower_removed_inputs(apps):
+    """Role celery_flower's view of the apps to remove: the files and account of their Flower,
+    wherever a run finds them."""
+    return [{"name": app["name"], "config_file": app["flower_config_file"], "htpasswd": app["flower_htpasswd"], "user": app["flower_user"]}
+            for app in apps]
 
 
 def celery_flower_inputs(apps, host):
@@ -256,6 +288,15 @@ def _group_rules(app, where, group_defaults):
     return rules
 
 
+def _is_bool(value):
+    """A boolean, or a string Ansible reads as one (a value typed with `-e`)."""
+    try:
+        boolean(value, strict=True)
+    except TypeError:
+        return False
+    return True
+
+
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -303,22 +344,31 @@ def celery_apps_rules(entries, apps, hosts, flower_enabled, single_app_variables
              "msg": f"{where}.name ({name}) is required: lower-case letters, digits and `_`, starting with a letter."},
             {"ok": names.count(name) == 1, "msg": f"{where}.name ({name}) names another app too: each app needs its own name."},
             {"ok": not unknown, "msg": f"{where} ({name}) has keys no app takes: {', '.join(unknown)} (known: {', '.join(ENTRY_KEYS)})."},
+            {"ok": entry.get("state", "present") in ("present", "absent"),
+             "msg": f"{where}.state ({entry.get('state')}) must be present or absent (absent: remove the app from every host and the broker)."},
+            {"ok": _is_bool(entry.get("drop_queued", False)),
+             "msg": f"{where}.drop_queued ({entry.get('drop_queued')}) must be true or false."},
         ]
+    rules.append({"ok": not entries or any(_kept(entry) for entry in entries),
+                  "msg": "celery_apps marks every app absent: keep at least one app (a fleet without apps runs nothing)."})
     app_names = [app["name"] for app in apps]
     for index, app in enumerate(apps):
         where = f"celery_apps[{index}]"
         namespace, user = str(app["broker_namespace"]), str(app["broker_user"])
         missing_hosts = [host for host in app["worker_hosts"] if host not in hosts]
         unknown_targets = [target for target in app["sends_to"] if target not in app_names]
-        flower = _truth(app["flower"])
-        prefixes = [a["flower_url_prefix"] for a in apps if _truth(a["flower"])]
+        # An app marked absent keeps only the rules that keep its removal from touching another
+        # app (its namespace and account its own).
+        present = _kept(app)
+        flower = _truth(app["flower"]) and present
+        prefixes = [a["flower_url_prefix"] for a in apps if _truth(a["flower"]) and _kept(a)]
         rules += [
             {"ok": [a["broker_namespace"] for a in apps].count(namespace) == 1 and bool(re.match(r"^[A-Za-z0-9_-]+$", namespace)),
              "msg": f"{where}.broker_namespace ({namespace}) must be letters, digits, `_` or `-`, and no other app's:"
                     " apps sharing a namespace share their queues."},
             {"ok": [a["broker_user"] for a in apps].count(user) == 1 and bool(re.match(r"^[A-Za-z0-9._-]+$", user)) and user not in ("guest", "default"),
              "msg": f"{where}.broker_user ({user}) must be letters, digits and `._-`, not guest or default, and no other app's."},
-            {"ok": not missing_hosts,
+            {"ok": not missing_hosts or not present,
              "msg": f"{where}.workers ({', '.join(app['workers'])}) names hosts or groups the inventory does not have: {', '.join(missing_hosts)}."},
             {"ok": not flower or len(app["flower_users"]) > 0 or not entries,
              "msg": f"{where}.flower_users (app {app['name']}) is required with flower: its Flower's own logins."},
@@ -328,7 +378,10 @@ def celery_apps_rules(entries, apps, hosts, flower_enabled, single_app_variables
              "msg": f"{where}.flower_url_prefix ({app['flower_url_prefix']}) is another Flower's path too: each app's Flower needs its own."},
             {"ok": not unknown_targets and app["name"] not in app["sends_to"],
              "msg": f"{where}.sends_to ({', '.join(app['sends_to'])}) must name other apps of celery_apps; unknown: {', '.join(unknown_targets)}."},
-            {"ok": len(app["worker_hosts"]) > 0 and len(app["worker_groups"]) > 0,
+            {"ok": not _kept(app) or not [a for a in apps if a["name"] in app["sends_to"] and not _kept(a)],
+             "msg": f"{where}.sends_to ({', '.join(app['sends_to'])}) names an app marked absent: take it out of sends_to"
+                    " (its queues go with it)."},
+            {"ok": not present or len(app["worker_hosts"]) > 0 and len(app["worker_groups"]) > 0,
              "msg": f"{where}.workers and .worker_groups (app {app['name']}) need at least one host and one group: nothing would take its tasks."},
         ]
     for variable in single_app_variables_set:
@@ -385,7 +438,7 @@ def celery_fleet_refusals(apps, broker, result_backend, broker_user, broker_vhos
          " worker (Redis) or drops the worker's channel (RabbitMQ)."),
     ], "sqs": [], "cluster": [], "apps": [(rule["ok"], rule["msg"]) for rule in apps_rules],
         # The single app's groups are celery_worker_groups; a list's, each entry's worker_groups.
-        "groups": [rule for index, app in enumerate(apps)
+        "groups": [rule for index, app in enumerate(apps) if _kept(app)
                    for rule in _group_rules(app, f"celery_apps[{index}].worker_groups" if apps_rules else "celery_worker_groups", group_defaults)]}
     if sqs is not None:
         key_id, secret = sqs["aws_access_key_id"] or "", sqs["aws_secret_access_key"] or ""
@@ -414,6 +467,9 @@ def celery_fleet_refusals(apps, broker, result_backend, broker_user, broker_vhos
              " (vault them; written only to the environment file), or leave both empty for the instance role."),
             (not any(app["sends_to"] for app in apps),
              "celery_apps' sends_to needs the redis or rabbitmq broker: with SQS, grant another app's queues in IAM, outside the fleet."),
+            (all(_kept(app) for app in apps),
+             "celery_apps: an app marked absent needs the redis or rabbitmq broker: with SQS the fleet does not delete queues yet;"
+             " stop its processes, delete its queues and take its entry out."),
         ]
     if cluster is not None:
         brokers, nodes, limit = list(cluster["brokers"]), list(cluster["nodes"]), cluster["delivery_limit"]
@@ -440,6 +496,9 @@ class FilterModule:
             "celery_fleet_apps": celery_fleet_apps,
             "celery_app_inputs": celery_app_inputs,
             "celery_flower_inputs": celery_flower_inputs,
+            "celery_flower_removed_inputs": celery_flower_removed_inputs,
+            "celery_app_removed_inputs": celery_app_removed_inputs,
+            "celery_worker_removed_inputs": celery_worker_removed_inputs,
             "celery_worker_inputs": celery_worker_inputs,
             "celery_rabbitmq_users": celery_rabbitmq_users,
             "celery_redis_users": celery_redis_users,
