@@ -16,6 +16,7 @@ from fleet_model import (  # noqa: E402
     celery_fleet_refusals,
     celery_flower_inputs,
     celery_flower_removed_inputs,
+    celery_removed_broker_inputs,
     celery_rabbitmq_users,
     celery_redis_users,
     celery_worker_removed_inputs,
@@ -163,9 +164,11 @@ def test_a_valid_list_of_apps_passes_every_rule():
     ({1: {"state": "gone"}}, ["celery_apps[1].state (gone) must be present or absent"]),
     ({1: {"drop_queued": "maybe"}}, ["celery_apps[1].drop_queued (maybe) must be true or false."]),
     ({1: {"state": "absent"}}, ["celery_apps[0].sends_to (mail) names an app marked absent"]),
-    # An app marked absent keeps only the rules that keep its removal off another app's account.
+    # An app marked absent keeps only the rules on the form of its namespace and account: one a
+    # kept app uses too stays on the broker (a rename that keeps the namespace).
     ({2: {"state": "absent", "flower_users": [], "workers": ["w9"], "worker_groups": []}}, []),
-    ({2: {"state": "absent", "broker_namespace": "shop"}}, ["celery_apps[0].broker_namespace (shop)", "celery_apps[2].broker_namespace (shop)"]),
+    ({2: {"state": "absent", "broker_namespace": "shop"}}, []),
+    ({2: {"state": "absent", "broker_namespace": "a b"}}, ["celery_apps[2].broker_namespace (a b)"]),
 ])
 def test_each_wrong_entry_is_refused_by_its_own_rule(change, messages):
     entries = [dict(entry, **change.get(index, {})) for index, entry in enumerate(TWO_APPS)]
@@ -275,9 +278,14 @@ def test_an_app_marked_absent_stays_in_the_model_and_every_role_gets_what_to_rem
     assert celery_worker_removed_inputs(removed) == [{
         "name": "search", "root": "/opt/search", "entry_point": "celery_fleet:app", "queues": ["celery"], "drop_queued": True,
         "process_prefixes": {"supervisor": "celery-search-", "systemd": "celery-search@"}}]
-    assert celery_flower_removed_inputs(removed) == [{"name": "search", "config_file": "/etc/celery-fleet/search-flower.py",
-                                                      "htpasswd": "/etc/nginx/search-flower.htpasswd", "user": "flower-search"}]
-    assert celery_app_removed_inputs(removed, present) == [{"name": "search", "root": "/opt/search", "env_file": "/etc/celery-fleet/search.env",
+    assert celery_flower_removed_inputs(removed, present) == [{"name": "search", "config_file": "/etc/celery-fleet/search-flower.py",
+                                                               "htpasswd": "/etc/nginx/search-flower.htpasswd", "user": "flower-search",
+                                                               "site": ""}]
+    assert celery_removed_broker_inputs(removed, present) == {"rabbitmq_vhosts": [{"name": "search", "state": "absent"}],
+                                                              "rabbitmq_users": [{"name": "search", "state": "absent"}],
+                                                              "redis_prefixes": ["search:"]}
+    assert celery_app_removed_inputs(removed, present) == [{"name": "search", "beat_schedule": "/var/lib/celery-search/search-beat-schedule",
+                                                            "root": "/opt/search", "env_file": "/etc/celery-fleet/search.env",
                                                             "home": "/var/lib/celery-search", "user": "celery-search", "group": "celery-search"}]
 
 
@@ -287,8 +295,39 @@ def test_a_removal_keeps_whatever_an_app_the_fleet_runs_uses_too():
     apps = model(entries)
     present, removed = [a for a in apps if a["state"] == "present"], [a for a in apps if a["state"] == "absent"]
     present[0]["root"] = "/srv/apps"
-    assert celery_app_removed_inputs(removed, present) == [{"name": "mail", "root": "", "env_file": "/etc/celery-fleet/mail.env",
+    assert celery_app_removed_inputs(removed, present) == [{"name": "mail", "beat_schedule": "/var/lib/celery-mail/mail-beat-schedule",
+                                                            "root": "", "env_file": "/etc/celery-fleet/mail.env",
                                                             "home": "/var/lib/celery-mail", "user": "", "group": ""}]
+
+
+def test_a_single_app_removes_the_apps_it_named_before_and_keeps_what_both_use():
+    apps = model(inventory={"celery_app_name": "tutorial"}, broker="rabbitmq", result_backend="rpc", remove="fleetapp",
+                 remove_drop_queued="true")
+    present, removed = apps[:1], apps[1:]
+    assert [(a["name"], a["state"]) for a in apps] == [("tutorial", "present"), ("fleetapp", "absent")]
+    assert (removed[0]["root"], removed[0]["flower_site"], removed[0]["queues"]) == ("/opt/fleetapp", "fleetapp-flower", ["celery"])
+    assert celery_worker_removed_inputs(removed)[0]["drop_queued"] is True
+    # The account, its vhost and Flower's account are the new app's too: they stay.
+    assert celery_removed_broker_inputs(removed, present) == {"rabbitmq_vhosts": [], "rabbitmq_users": [], "redis_prefixes": []}
+    assert celery_app_removed_inputs(removed, present) == [{"name": "fleetapp", "beat_schedule": "/var/lib/celery/fleetapp-beat-schedule",
+                                                            "root": "/opt/fleetapp",
+                                                            "env_file": "/etc/celery-fleet/fleetapp.env", "home": "", "user": "", "group": ""}]
+    assert celery_flower_removed_inputs(removed, present) == [{"name": "fleetapp", "config_file": "/etc/celery-fleet/fleetapp-flower.py",
+                                                               "htpasswd": "/etc/nginx/fleetapp-flower.htpasswd", "user": "",
+                                                               "site": "fleetapp-flower"}]
+    assert [a["name"] for a in model(remove=["old", "older"])] == ["fleetapp", "old", "older"]
+
+
+@pytest.mark.parametrize("remove, message", [
+    ("fleetapp", "celery_app_remove (fleetapp) must name an app this fleet ran before"),
+    ("Bad Name", "celery_app_remove (Bad Name) must name an app this fleet ran before"),
+])
+def test_a_single_app_may_not_remove_itself_or_a_malformed_name(remove, message):
+    apps = model(remove=remove)
+    found = celery_fleet_refusals(apps, broker="redis", result_backend="redis", broker_user="celery", broker_vhost="celery",
+                                  ack_timeout=3600, task_time_limit=1800, soft_shutdown_timeout=60, sqs=None, cluster=None,
+                                  apps_rules=[], group_defaults=ROLE_DEFAULTS["celery_worker_group_defaults"])
+    assert [m for m in found["apps"] if m.startswith(message)], found
 
 
 def test_every_app_marked_absent_or_an_absent_app_on_sqs_is_refused():
@@ -301,5 +340,5 @@ def test_every_app_marked_absent_or_an_absent_app_on_sqs_is_refused():
                                   broker_user="celery", broker_vhost="celery", ack_timeout=7200, task_time_limit=1800,
                                   soft_shutdown_timeout=60, sqs=sqs, cluster=None, apps_rules=[], group_defaults=ROLE_DEFAULTS["celery_worker_group_defaults"])
     assert [m for m in found["sqs"] if "marked absent" in m] == [
-        "celery_apps: an app marked absent needs the redis or rabbitmq broker: with SQS the fleet does not delete queues yet;"
-        " stop its processes, delete its queues and take its entry out."], found
+        "celery_apps: an app marked absent (or named by celery_app_remove) needs the redis or rabbitmq broker: with SQS the fleet"
+        " does not delete queues yet; stop its processes, delete its queues and take its entry out."], found

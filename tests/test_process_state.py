@@ -172,6 +172,40 @@ def test_find_names_the_apps_programs_and_units_under_either_manager_and_no_othe
         "supervisor": [], "systemd": ["celery-fleetapp@worker-long.service"], "systemd_templates": ["celery-fleetapp@.service"]}
 
 
+def render(template, app, process):
+    """A program or unit drop-in as role celery_worker writes it (its own template)."""
+    import jinja2
+    source = (ROOT / "roles/celery_worker/templates" / template).read_text()
+    return jinja2.Template(source).render(ansible_managed="Ansible managed", app=app, process=process, celery_worker_startsecs=10,
+                                          celery_worker_stop_timeouts={"worker": 90, "beat": 30, "flower": 30},
+                                          celery_worker_log_dir="/var/log/celery")
+
+
+def test_the_processes_of_an_app_the_inventory_does_not_name_are_found_with_what_counts_its_tasks(tmp_path):
+    conf_dir, unit_dir = tmp_path / "conf.d", tmp_path / "system"
+    conf_dir.mkdir()
+    unit_dir.mkdir()
+    app = {"name": "fleetapp", "workdir": "/var/lib/celery", "home": "/var/lib/celery", "user": "celery", "group": "celery"}
+    run = "/opt/fleetapp/bin/run celery --app=celery_fleet:app"
+    worker = {"kind": "worker", "group": "long", "queues": ["long", "slow"], "user": "celery", "name": "celery-fleetapp-worker-long",
+              "command": f"{run} worker --hostname=long@w1 --queues=long,slow --concurrency=1"}
+    beat = {"kind": "beat", "user": "celery", "name": "celery-fleetapp-beat", "command": f"{run} beat"}
+    flower = {"kind": "flower", "user": "flower", "name": "celery-tutorial-flower",
+              "command": "/opt/tutorial/bin/run --tools celery --app=celery_fleet:app flower"}
+    (conf_dir / "celery-fleetapp-worker-long.conf").write_text(render("supervisor-program.conf.j2", app, worker))
+    (conf_dir / "celery-tutorial-flower.conf").write_text(render("supervisor-program.conf.j2", dict(app, name="tutorial"), flower))
+    # Someone else's program that happens to start with celery-: not the fleet's, left alone.
+    (conf_dir / "celery-exporter.conf").write_text("[program:celery-exporter]\ncommand=/usr/bin/celery-exporter\n")
+    (unit_dir / "celery-fleetapp@beat.service.d").mkdir()
+    (unit_dir / "celery-fleetapp@beat.service.d" / "process.conf").write_text(render("systemd-process.conf.j2", app, beat))
+    query = {"known": ["tutorial"], "conf_dir": str(conf_dir), "unit_dir": str(unit_dir)}
+    assert process_state.unnamed_apps(query) == [{
+        "name": "fleetapp", "processes": ["celery-fleetapp-worker-long", "celery-fleetapp@beat.service"], "root": "/opt/fleetapp",
+        "entry_point": "celery_fleet:app", "queues": ["long", "slow"]}]
+    assert process_state.unnamed_apps(dict(query, known=["tutorial", "fleetapp"])) == []
+    assert [a["name"] for a in process_state.unnamed_apps(dict(query, known=[]))] == ["fleetapp", "tutorial"]
+
+
 def test_every_app_of_the_host_is_read_and_named_as_its_manager_names_it(monkeypatch):
     """Two apps: each app's part of the query (its prefix, its wanted processes) read on its own,
     the caller's names (suspects, readiness) handed to the app they belong to, the results merged."""

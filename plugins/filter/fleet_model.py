@@ -41,6 +41,11 @@ def _single_app(single_app, groups, broker, broker_user, broker_vhost, broker_pa
     return app
 
 
+def _names(value):
+    """celery_app_remove's names: one name, or a list of them (`-e celery_app_remove=NAME`)."""
+    return [str(value)] if isinstance(value, str) and value else [str(name) for name in value or []] if not isinstance(value, str) else []
+
+
 def _unique(items):
     """Items in their first order, each once (Ansible's `unique`, which also takes dicts)."""
     kept = []
@@ -92,9 +97,14 @@ def _app(entry, fleet, several, flowers_before):
         "root": app["root"] or f"/opt/{name}",
         "env_file": app["env_file"] or f"/etc/celery-fleet/{name}.env",
         "flower_config_file": f"/etc/celery-fleet/{name}-flower.py",
+        # Beat keeps its schedule in the app's home, so a restart neither repeats nor skips a task.
+        "beat_schedule": f"{app['home']}/{name}-beat-schedule",
         "flower_user": f"flower-{name}" if several else "flower",
         "flower_port": int(fleet["flower_port"]) + flowers_before,
         "flower_htpasswd": f"/etc/nginx/{name}-flower.htpasswd",
+        # The host's one nginx site for its Flowers; a single app's keeps its name (an upgrade
+        # leaves no second default server behind).
+        "flower_site": "celery-flower" if several else f"{name}-flower",
         "worker_hosts": _unique(workers),
         "beat_hosts": list(groups.get("beat", [])) if _truth(app["beat"]) else [],
         "flower_hosts": list(groups.get("flower", [])) if _truth(app["flower"]) else [],
@@ -117,16 +127,22 @@ def _app(entry, fleet, several, flowers_before):
 
 def celery_fleet_apps(celery_apps, single_app, groups, broker, result_backend, broker_host, broker_hosts, redis_port, rabbitmq_port,
                       sqs_queue_name_prefix, sqs_region, flower_port, default_worker_groups, broker_user, broker_vhost,
-                      broker_password, flower_enabled):
+                      broker_password, flower_enabled, remove=(), remove_drop_queued=False):
     """Every app of the fleet (celery_apps, or the single app of the inventory's single-app
     variables) with every key filled in, its hosts, its broker URLs, and what it may send to other
     apps (`send_to`: the other app's queues, reached with the sender's own account: on RabbitMQ on
     the other vhost, on Redis under the other prefix). Apps marked `state: absent` are in the list
-    too, derived the same way: where their processes, files and account are, to remove them."""
+    too, derived the same way: where their processes, files and account are, to remove them. A
+    single-app inventory removes the apps it named before with `remove` (celery_app_remove: a name
+    or a list of names), laid out as its app is, each marked absent (`remove_drop_queued`: drop
+    what waits for them)."""
     groups = {k: list(v) for k, v in groups.items()}
     several = len(celery_apps) > 0
-    entries = celery_apps if several else [_single_app(single_app, groups, broker, broker_user, broker_vhost, broker_password,
-                                                       flower_enabled)]
+    entries = celery_apps if several else [
+        _single_app(dict(single_app, **({"name": name, "root": "", "env_file": "", "state": "absent", "drop_queued": remove_drop_queued}
+                                        if name is not None else {})),
+                    groups, broker, broker_user, broker_vhost, broker_password, flower_enabled)
+        for name in [None] + _names(remove)]
     fleet = {"groups": groups, "broker": broker, "result_backend": result_backend,
              "broker_host": broker_host, "broker_hosts": list(broker_hosts), "redis_port": redis_port, "rabbitmq_port": rabbitmq_port,
              "sqs_queue_name_prefix": sqs_queue_name_prefix, "sqs_region": sqs_region, "flower_port": flower_port,
@@ -173,16 +189,34 @@ def celery_worker_removed_inputs(apps):
 def celery_app_removed_inputs(apps, present):
     """Role celery_app's view of the apps to remove: what the fleet put on the hosts for each
     (its root, environment file, home, account and group), less anything an app of `present` (the
-    apps the fleet runs) uses too, left empty."""
+    apps the fleet runs) uses too, left empty; and its beat schedule (beat_schedule: shelve adds a
+    suffix of its own), which goes from a home that stays too."""
     kept = {key: {app[key] for app in present} for key in ("root", "env_file", "home", "user", "group")}
-    return [dict({"name": app["name"]}, **{key: "" if app[key] in used else app[key] for key, used in kept.items()}) for app in apps]
+    return [dict({"name": app["name"], "beat_schedule": app["beat_schedule"]},
+                 **{key: "" if app[key] in used else app[key] for key, used in kept.items()}) for app in apps]
 
 
-def celery_flower_removed_inputs(apps):
-    """Role celery_flower's view of the apps to remove: the files and account of their Flower,
-    wherever a run finds them."""
-    return [{"name": app["name"], "config_file": app["flower_config_file"], "htpasswd": app["flower_htpasswd"], "user": app["flower_user"]}
+def celery_flower_removed_inputs(apps, present):
+    """Role celery_flower's view of the apps to remove: the files, account and nginx site of their
+    Flower, wherever a run finds them, less the account or site an app of `present` uses too (a
+    single app's `flower` account and the apps' shared site), left empty."""
+    kept = {key: {app[key] for app in present} for key in ("flower_user", "flower_site")}
+    return [{"name": app["name"], "config_file": app["flower_config_file"], "htpasswd": app["flower_htpasswd"],
+             "user": "" if app["flower_user"] in kept["flower_user"] else app["flower_user"],
+             "site": "" if app["flower_site"] in kept["flower_site"] else app["flower_site"]}
             for app in apps]
+
+
+def celery_removed_broker_inputs(apps, present):
+    """The brokers' view of the apps to remove: the RabbitMQ vhosts and users to delete (entries of
+    rabbitmq_vhosts and rabbitmq_users with state absent) and the Redis key prefixes to empty, less
+    any an app of `present` uses too (a single app replaced by another keeps the account both use:
+    its tasks left in the shared queues are dropped as the count said)."""
+    kept = {key: {app[key] for app in present} for key in ("broker_namespace", "broker_user", "key_prefix")}
+    gone = {key: _unique(app[key] for app in apps if app[key] and app[key] not in kept[key]) for key in kept}
+    return {"rabbitmq_vhosts": [{"name": name, "state": "absent"} for name in gone["broker_namespace"]],
+            "rabbitmq_users": [{"name": name, "state": "absent"} for name in gone["broker_user"]],
+            "redis_prefixes": gone["key_prefix"]}
 
 
 def celery_flower_inputs(apps, host):
@@ -237,8 +271,7 @@ def _processes(app, host, manager, group_defaults, loglevel):
         processes.append(_process(app, host, manager, "worker", f"worker-{group['name']}", argv, node=node, group=group["name"],
                                   queues=group["queues"]))
     if host in app["beat_hosts"]:
-        # Beat keeps its schedule in the app's home, so a restart neither repeats nor skips a task.
-        schedule = f"{app['home']}/{app['name']}-beat-schedule"
+        schedule = app["beat_schedule"]
         processes.append(_process(app, host, manager, "beat", "beat", celery + ["beat", f"--schedule={schedule}", f"--loglevel={loglevel}"],
                                   schedule=schedule))
     if host in app["flower_hosts"]:
@@ -357,16 +390,19 @@ def celery_apps_rules(entries, apps, hosts, flower_enabled, single_app_variables
         namespace, user = str(app["broker_namespace"]), str(app["broker_user"])
         missing_hosts = [host for host in app["worker_hosts"] if host not in hosts]
         unknown_targets = [target for target in app["sends_to"] if target not in app_names]
-        # An app marked absent keeps only the rules that keep its removal from touching another
-        # app (its namespace and account its own).
+        # An app marked absent keeps only the rules on the form of its namespace and account: one
+        # that another app uses too stays (celery_removed_broker_inputs), as in a rename that
+        # keeps the namespace.
         present = _kept(app)
         flower = _truth(app["flower"]) and present
         prefixes = [a["flower_url_prefix"] for a in apps if _truth(a["flower"]) and _kept(a)]
+        kept = [a for a in apps if _kept(a)]
         rules += [
-            {"ok": [a["broker_namespace"] for a in apps].count(namespace) == 1 and bool(re.match(r"^[A-Za-z0-9_-]+$", namespace)),
+            {"ok": (not present or [a["broker_namespace"] for a in kept].count(namespace) == 1) and bool(re.match(r"^[A-Za-z0-9_-]+$", namespace)),
              "msg": f"{where}.broker_namespace ({namespace}) must be letters, digits, `_` or `-`, and no other app's:"
                     " apps sharing a namespace share their queues."},
-            {"ok": [a["broker_user"] for a in apps].count(user) == 1 and bool(re.match(r"^[A-Za-z0-9._-]+$", user)) and user not in ("guest", "default"),
+            {"ok": (not present or [a["broker_user"] for a in kept].count(user) == 1) and bool(re.match(r"^[A-Za-z0-9._-]+$", user))
+             and user not in ("guest", "default"),
              "msg": f"{where}.broker_user ({user}) must be letters, digits and `._-`, not guest or default, and no other app's."},
             {"ok": not missing_hosts or not present,
              "msg": f"{where}.workers ({', '.join(app['workers'])}) names hosts or groups the inventory does not have: {', '.join(missing_hosts)}."},
@@ -386,7 +422,9 @@ def celery_apps_rules(entries, apps, hosts, flower_enabled, single_app_variables
         ]
     for variable in single_app_variables_set:
         key = re.sub(r"^celery_(app_|worker_(?=smoke))?", "", variable)
-        rules.append({"ok": False, "msg": f"{variable} is a single-app variable, ignored with celery_apps: set the matching key of each app ({key}) instead."})
+        rules.append({"ok": False, "msg": f"{variable} is a single-app variable, ignored with celery_apps: " + (
+            "mark the app's entry `state: absent` (and drop_queued) instead." if key.startswith("remove")
+            else f"set the matching key of each app ({key}) instead.")})
     return rules
 
 
@@ -436,7 +474,12 @@ def celery_fleet_refusals(apps, broker, result_backend, broker_user, broker_vhos
          f"celery_broker_ack_timeout ({ack_timeout} s) must be longer than celery_app_task_time_limit ({task_time_limit} s) plus"
          f" celery_app_worker_soft_shutdown_timeout ({soft_shutdown_timeout} s), or the broker hands running tasks to a second"
          " worker (Redis) or drops the worker's channel (RabbitMQ)."),
-    ], "sqs": [], "cluster": [], "apps": [(rule["ok"], rule["msg"]) for rule in apps_rules],
+    ], "sqs": [], "cluster": [], "apps": [(rule["ok"], rule["msg"]) for rule in apps_rules] if apps_rules else [
+        # A single-app inventory's removals (celery_app_remove): apps it ran before, not its own.
+        (_matches(r"^[a-z][a-z0-9_-]*$", app["name"]) and app["name"] != apps[0]["name"],
+         f"celery_app_remove ({app['name']}) must name an app this fleet ran before (lower-case letters, digits, `_` or `-`),"
+         f" not celery_app_name ({apps[0]['name']}), which the run keeps.")
+        for app in apps[1:]],
         # The single app's groups are celery_worker_groups; a list's, each entry's worker_groups.
         "groups": [rule for index, app in enumerate(apps) if _kept(app)
                    for rule in _group_rules(app, f"celery_apps[{index}].worker_groups" if apps_rules else "celery_worker_groups", group_defaults)]}
@@ -468,7 +511,8 @@ def celery_fleet_refusals(apps, broker, result_backend, broker_user, broker_vhos
             (not any(app["sends_to"] for app in apps),
              "celery_apps' sends_to needs the redis or rabbitmq broker: with SQS, grant another app's queues in IAM, outside the fleet."),
             (all(_kept(app) for app in apps),
-             "celery_apps: an app marked absent needs the redis or rabbitmq broker: with SQS the fleet does not delete queues yet;"
+             "celery_apps: an app marked absent (or named by celery_app_remove) needs the redis or rabbitmq broker: with SQS the fleet"
+             " does not delete queues yet;"
              " stop its processes, delete its queues and take its entry out."),
         ]
     if cluster is not None:
@@ -497,6 +541,7 @@ class FilterModule:
             "celery_app_inputs": celery_app_inputs,
             "celery_flower_inputs": celery_flower_inputs,
             "celery_flower_removed_inputs": celery_flower_removed_inputs,
+            "celery_removed_broker_inputs": celery_removed_broker_inputs,
             "celery_app_removed_inputs": celery_app_removed_inputs,
             "celery_worker_removed_inputs": celery_worker_removed_inputs,
             "celery_worker_inputs": celery_worker_inputs,

@@ -79,10 +79,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "drills: failure drills (scenario drills)")
     config.addinivalue_line("markers", "monitoring: Flower, its metrics and the health check (scenarios with a flower group)")
     config.addinivalue_line("markers", "sqs: Amazon SQS as the broker (scenario sqs)")
+    config.addinivalue_line("markers", "replaces_app: the demo app replaced by the tutorial's (a single-app rename, scenario rabbitmq-systemd)")
     config.addinivalue_line("markers", "cluster: a RabbitMQ cluster of three nodes (scenario fleet)")
     config.addinivalue_line("markers", "disrupts: kills or stops part of the scenario's fleet; runs after its other tests")
     config.addinivalue_line("markers", "manager_operations: a warm stop and the status, stop and start actions; proven once per"
-                            " process manager (redis-supervisor, fleet), not again in the drills")
+                            " process manager (the drills run under supervisor, fleet under systemd)")
 
 
 # --- Every scenario runs as many tests as it declares ----------------------------------------------
@@ -144,8 +145,10 @@ def pytest_terminal_summary(terminalreporter):
 def pytest_collection_modifyitems(items):
     # The drills restart brokers and hosts (and the cluster's kill or stop its nodes: `disrupts`, a
     # marker of its own so the drills scenario does not select them), and the monitoring tests stop
-    # the broker and a worker group: they run after every other test of the scenario.
-    items.sort(key=lambda item: (item.get_closest_marker("drills") is not None or item.get_closest_marker("disrupts") is not None,
+    # the broker and a worker group: they run after every other test of the scenario. The demo app
+    # replaced by another (replaces_app) comes last of all: every other test needs the demo app.
+    items.sort(key=lambda item: (item.get_closest_marker("replaces_app") is not None,
+                                 item.get_closest_marker("drills") is not None or item.get_closest_marker("disrupts") is not None,
                                  item.get_closest_marker("monitoring") is not None))
 
 
@@ -283,6 +286,22 @@ def processes(h, app=APP):
             )
             state = "RUNNING" if show["ActiveState"] == "active" else show["ActiveState"].upper()
             found[unit[len(prefix) + 1:-len(".service")]] = (state, int(show["MainPID"]))
+    return found
+
+
+def left_of(h, app):
+    """What the fleet put on host h for `app` that is still there: its processes (by their
+    manager, and any under its directory), release, environment and Flower files, programs, units,
+    nginx site or location, home and beat schedule (accounts aside: a single app shares them)."""
+    found = [f"process {instance}" for instance in processes(h, app)]
+    # The pattern's [x] keeps the shell that runs pgrep from matching itself.
+    if h.run(f"pgrep -f '/opt/[{app[0]}]{app[1:]}/'").rc == 0:
+        found.append(f"a process under /opt/{app}")
+    found += h.check_output(f"ls -d /opt/{app} /etc/celery-fleet/{app}.env /etc/celery-fleet/{app}-* /var/lib/celery-{app}"
+                            f" /var/lib/celery*/{app}-beat-schedule* /etc/nginx/{app}-flower.htpasswd /etc/nginx/sites-*/{app}-flower"
+                            f" /etc/supervisor/conf.d/celery-{app}-* /etc/systemd/system/celery-{app}@* 2>/dev/null || true").split()
+    if h.run(f"grep -rqs '/{app}/' /etc/nginx/sites-enabled/").rc == 0:
+        found.append(f"a location /{app}/ in nginx's sites")
     return found
 
 

@@ -30,7 +30,8 @@ after their start (a process that dies at start is restarted by its manager and 
 between tries; worker groups are proven by answering instead, beat and Flower by this). With
 `logs`, `report`: for each suspect and each wanted process not running, a line naming it and its
 state, then the last lines of its log. With `find`: `found`, the apps' supervisor programs and
-systemd units on the host under either manager, and their template units.
+systemd units on the host under either manager, and their template units. With `known` (app
+names) alone: `unnamed`, the fleet's processes of any other app, by app (unnamed_apps).
 Reads only: supervisorctl's `reread` compares the files with what supervisord loaded and
 applies nothing. Runs with the host's python3, not the app's, so it works before any release.
 "Started before one of its inputs changed" is the fleet's one rule for a process that runs what
@@ -113,6 +114,53 @@ def found_files(query):
         found["systemd"] += [name[:-len(".d")] for name in listed[unit_dir] if re.fullmatch(unit + r".+\.service\.d", name)]
         found["systemd_templates"] += [name for name in listed[unit_dir] if name == app["systemd"] + ".service"]
     return found
+
+
+# The first line a fleet's program or unit drop-in has after ansible_managed names its app
+# (templates/supervisor-program.conf.j2, systemd-process.conf.j2).
+FLEET_HEADER = re.compile(r"^[;#] (?:Worker group `[^`]*` of|Beat of|Flower of) ([^\s:,]+)", re.M)
+
+
+def fleet_process(path):
+    """(app, command) of a program or unit drop-in the fleet wrote, or None for any other file."""
+    try:
+        with open(path) as handle:
+            text = handle.read(1 << 16)
+    except OSError:
+        return None
+    header, command = FLEET_HEADER.search(text), re.search(r"^(?:command|ExecStart)=(.+)$", text, re.M)
+    return (header.group(1), command.group(1).split()) if header and command else None
+
+
+def unnamed_apps(query):
+    """The fleet's programs and units on the host whose app is none of query["known"] (every app
+    the inventory names, present or absent): an app renamed or taken out of the inventory. Each by
+    app, with its processes by their manager's name and, read from their command lines, what
+    counts the tasks that wait for it: its launcher's root, entry point and queues."""
+    conf_dir, unit_dir = query.get("conf_dir", "/etc/supervisor/conf.d"), query.get("unit_dir", "/etc/systemd/system")
+    candidates = []
+    if os.path.isdir(conf_dir):
+        candidates += [(name[:-len(".conf")], os.path.join(conf_dir, name)) for name in sorted(os.listdir(conf_dir))
+                       if name.startswith("celery-") and name.endswith(".conf")]
+    if os.path.isdir(unit_dir):
+        candidates += [(name[:-len(".d")], os.path.join(unit_dir, name, "process.conf")) for name in sorted(os.listdir(unit_dir))
+                       if name.startswith("celery-") and name.endswith(".service.d")]
+    apps = {}
+    for process, path in candidates:
+        found = fleet_process(path)
+        if found is None or found[0] in query["known"]:
+            continue
+        name, argv = found
+        app = apps.setdefault(name, {"name": name, "processes": [], "root": "", "entry_point": "", "queues": []})
+        app["processes"].append(process)
+        if argv and argv[0].endswith("/bin/run"):
+            app["root"] = argv[0][:-len("/bin/run")]
+        for arg in argv:
+            if arg.startswith("--app="):
+                app["entry_point"] = arg[len("--app="):]
+            elif arg.startswith("--queues="):
+                app["queues"] += [q for q in arg[len("--queues="):].split(",") if q not in app["queues"]]
+    return list(apps.values())
 
 
 def unit_files(query, name):
@@ -265,6 +313,8 @@ def main():
     query = module.params["query"]
     if query.get("find"):
         module.exit_json(changed=False, found=found_files(query))
+    if "known" in query:
+        module.exit_json(changed=False, unnamed=unnamed_apps(query))
     module.exit_json(changed=False, **host_state(query))
 
 

@@ -1,0 +1,71 @@
+"""The demo app replaced by the tutorial's, as the README's "Deploy your own app" does after
+`make demo` (scenario rabbitmq-systemd: a single app, Flower under a path).
+
+The inventory's single-app variables name the tutorial instead of the demo app. The first run is
+refused before any host changes: the demo app's processes still run and the inventory no longer
+names it; the refusal names the app, its processes, the tasks waiting for it, and the command that
+removes it. That command (`-e celery_app_remove=fleetapp`) removes everything of the demo app on
+every host (its Flower's own nginx site too, which would otherwise stay enabled beside the new one:
+two default servers) and keeps what both apps use (the account `celery`, the broker's user and
+vhost); the tutorial's `add(4, 4)` returns 8 and its Flower answers; a rerun changes nothing.
+These tests run last (conftest: replaces_app).
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import APP, ansible_playbook, get, left_of, plain, private_address, processes, recap, required_group, run_python, secret
+
+pytestmark = pytest.mark.replaces_app
+
+NEW = "tutorial"
+# The README's step 2: where the code is, what `-A` takes, and the smoke test of a deploy.
+TUTORIAL = {"celery_app_name": NEW, "celery_app_src": str(Path(__file__).resolve().parents[1] / "apps" / "tutorial"),
+            "celery_app_module": "tasks", "celery_worker_smoke_task": "tasks.add", "celery_worker_smoke_args": [4, 4],
+            "celery_worker_smoke_result": 8}
+# The scenario's Flower path (celery_flower_url_prefix), the same for the new app.
+FLOWER = "/" + os.environ.get("FLEET_FLOWER_URL_PREFIX", "").strip("/")
+ADD = "import celery_fleet\nprint(celery_fleet.app.send_task('tasks.add', (4, 4)).get(timeout=60))"
+
+
+@pytest.fixture(scope="module")
+def runs(workers, clients):
+    """The refused run, the replacement with the command it named, the rerun."""
+    assert processes(workers[0]), f"the scenario's own app {APP} must run before it is replaced"
+    refused = ansible_playbook("site.yml", "-e", json.dumps(TUTORIAL))
+    command = f"celery_app_remove={APP}"
+    replaced = ansible_playbook("site.yml", "-e", json.dumps(TUTORIAL), "-e", command)
+    rerun = ansible_playbook("site.yml", "-e", json.dumps(TUTORIAL), "-e", command)
+    return {"hosts": workers + clients, "refused": refused, "replaced": replaced, "rerun": rerun}
+
+
+def test_a_run_that_no_longer_names_the_running_app_is_refused_before_any_host_changes(runs, workers):
+    output = " ".join(plain(runs["refused"].stdout).split())
+    assert runs["refused"].returncode != 0, output[-2000:]
+    expected = (f"{APP} runs on {workers[0].backend.host} (", f"but the inventory names no app {APP};", "tasks wait in its queues (queue ",
+                f"-e celery_app_remove={APP} with a single app")
+    for text in expected:
+        assert text in output, f"the refusal does not say {text!r}: {output[-3000:]}"
+    assert set(recap(runs["refused"].stdout).values()) == {0}, "a host changed before the refusal"
+
+
+def test_the_replaced_app_leaves_nothing_and_nginx_serves_one_site(runs):
+    output = plain(runs["replaced"].stdout)
+    assert runs["replaced"].returncode == 0, output[-3000:]
+    for h in runs["hosts"]:
+        assert left_of(h, APP) == [], h.backend.host
+    flower = required_group("flower")[0]
+    assert flower.check_output("ls /etc/nginx/sites-enabled").split() == [f"{NEW}-flower"]
+    assert flower.run("nginx -t -q").rc == 0
+    # What both apps use stays: the account and the broker's user and vhost (the tutorial's now).
+    assert flower.run("getent passwd celery").rc == 0
+
+
+def test_the_tutorials_add_returns_8_its_flower_answers_and_a_rerun_changes_nothing(runs, clients):
+    assert run_python(clients[0], ADD, timeout=90, app=NEW).strip() == "8"
+    flower = required_group("flower")[0]
+    status, body = get(f"http://{private_address(flower)}{FLOWER.rstrip('/')}/api/workers?refresh=1", auth=("admin", secret("flower_password")), timeout=30)
+    assert status == 200 and json.loads(body), (status, body[:500])
+    assert runs["rerun"].returncode == 0 and set(recap(runs["rerun"].stdout).values()) == {0}, plain(runs["rerun"].stdout)[-3000:]
