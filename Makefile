@@ -21,7 +21,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # cores (measured: 21.5 against 24 minutes). Scenarios, networks and subnets are distinct; a
 # scenario run twice stays in one lane; RUNS (none by default) run after both lanes, alone.
 DRILLS := drills:redis:systemd:supervisor:31:30 drills:rabbitmq:supervisor:systemd:30:60 fleet
-BESIDE_DRILLS := apps:redis:supervisor:23 apps:rabbitmq:systemd:23 rabbitmq-systemd sqs staging-ssh django-app
+BESIDE_DRILLS := apps:redis:supervisor:24 apps:rabbitmq:systemd:24 rabbitmq-systemd sqs staging-ssh django-app
 RUNS :=
 # The lab's broker, process manager and (optional) result backend; inventory/lab reads them
 # from the environment:  make demo BROKER=rabbitmq PM=systemd [RESULTS=redis]

@@ -1,9 +1,11 @@
 """An app taken out of the fleet with `state: absent` (scenario apps: once on Redis under
 supervisor, once on RabbitMQ under systemd).
 
-The demo app goes (it has the most to leave behind: two worker groups, beat, a Flower, a grant to
-send to the tutorial) and the tutorial's app stays. Three tasks wait on the demo app's `long`
-queue, whose worker group is stopped by hand: the first run is refused before any host changes,
+First the tutorial's app renamed in the list: refused before any host changes, naming the app
+whose processes still run. Then the demo app goes (it has the most to leave behind: two worker
+groups, beat, a Flower, a grant to send to the tutorial) and the tutorial's app stays. Three
+tasks wait on the demo app's `long` queue, whose worker group is stopped by hand: the first run
+is refused before any host changes,
 naming the count; the second, with `drop_queued: true`, removes everything the fleet put on every
 host and on the broker for the demo app and names the count it dropped; the third changes
 nothing. The tutorial's processes keep their PIDs throughout and its tasks still run. The tests
@@ -19,7 +21,7 @@ from conftest import BROKER, PM, ansible_playbook, get, left_of, plain, private_
 
 pytestmark = [pytest.mark.apps, pytest.mark.disrupts]
 
-REMOVED, KEPT = "fleetapp", "tutorial"
+REMOVED, KEPT, RENAMED = "fleetapp", "tutorial", "tutor"
 WAITING = 3
 
 SEND_LONG = f"""
@@ -33,12 +35,21 @@ print(celery_fleet.app.send_task('tasks.add', (4, 4), queue='celery').get(timeou
 """
 
 
-def apps_marked(drop_queued):
-    """The scenario's celery_apps as its inventory writes them (lookups and all), the demo app
-    marked absent: an extra-vars argument."""
+def scenario_apps():
+    """The scenario's celery_apps as its inventory writes them (lookups and all)."""
     scenario = Path(__file__).resolve().parents[2] / "apps" / "group_vars" / "all" / "apps.yml"
-    apps = yaml.safe_load(scenario.read_text())["celery_apps"]
-    apps = [dict(app, state="absent", drop_queued=drop_queued) if app["name"] == REMOVED else app for app in apps]
+    return yaml.safe_load(scenario.read_text())["celery_apps"]
+
+
+def apps_marked(drop_queued):
+    """The scenario's apps, the demo app marked absent: an extra-vars argument."""
+    apps = [dict(app, state="absent", drop_queued=drop_queued) if app["name"] == REMOVED else app for app in scenario_apps()]
+    return json.dumps({"celery_apps": apps})
+
+
+def apps_renamed():
+    """The scenario's apps with the kept one renamed (RENAMED), the grant to it too."""
+    apps = [dict(app, name=RENAMED) if app["name"] == KEPT else dict(app, sends_to=[RENAMED]) for app in scenario_apps()]
     return json.dumps({"celery_apps": apps})
 
 
@@ -58,12 +69,22 @@ def runs(workers, clients):
     stop_long_group(workers[0])
     waiting = json.loads(run_python(clients[0], SEND_LONG, app=REMOVED))
     before = kept_pids(workers)
+    renamed = ansible_playbook("site.yml", "-e", apps_renamed())
     refused = ansible_playbook("site.yml", "-e", apps_marked(False))
     removed = ansible_playbook("site.yml", "-e", apps_marked(True))
     after = kept_pids(workers)
     rerun = ansible_playbook("site.yml", "-e", apps_marked(True))
     print(f"\nremoving an app: {WAITING} waiting ({', '.join(waiting)}), {KEPT}'s processes before {before}, after {after}")
-    return {"hosts": hosts, "refused": refused, "removed": removed, "rerun": rerun, "before": before, "after": after}
+    return {"hosts": hosts, "renamed": renamed, "refused": refused, "removed": removed, "rerun": rerun, "before": before, "after": after}
+
+
+def test_an_app_renamed_in_the_list_is_refused_naming_the_one_still_running_before_any_host_changes(runs, workers):
+    output = " ".join(plain(runs["renamed"].stdout).split())
+    assert runs["renamed"].returncode != 0, output[-2000:]
+    for text in (f"{KEPT} runs on {workers[0].backend.host} (", f"but the inventory names no app {KEPT};", "tasks wait in its queues",
+                 "state: absent on its entry in celery_apps"):
+        assert text in output, f"the refusal does not say {text!r}: {output[-3000:]}"
+    assert set(recap(runs["renamed"].stdout).values()) == {0}, "a host changed before the refusal"
 
 
 def test_removing_an_app_while_tasks_wait_for_it_is_refused_before_any_host_changes(runs):
