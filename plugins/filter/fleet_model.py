@@ -42,8 +42,10 @@ def _single_app(single_app, groups, broker, broker_user, broker_vhost, broker_pa
 
 
 def _names(value):
-    """celery_app_remove's names: one name, or a list of them (`-e celery_app_remove=NAME`)."""
-    return [str(value)] if isinstance(value, str) and value else [str(name) for name in value or []] if not isinstance(value, str) else []
+    """celery_app_remove's names: one name (`-e celery_app_remove=NAME`), or a list of them."""
+    if isinstance(value, str):
+        return [value] if value else []
+    return [str(name) for name in value or []]
 
 
 def _unique(items):
