@@ -294,65 +294,87 @@ def rabbitmq_users(broker):
     return {u["user"]: sorted(u["tags"]) for u in json.loads(broker.check_output("rabbitmqctl -q list_users --formatter json"))}
 
 
-def test_drill_processes_stopped_or_removed_by_hand_come_back_after_site_yml(brokers, clients, workers):
+def unit(instance):
+    """The program or unit of one of the app's processes, as the manager and the run name it."""
+    return f"{NAME_PREFIX}-{instance}" if PM == "supervisor" else f"{NAME_PREFIX}@{instance}.service"
+
+
+# An app module that does not import: every process dies at start (the worker within seconds of
+# its start, having logged the error: 10 s of pings, two rounds, are enough for the run to see it
+# and read the log). Then beat alone: its scheduler does not import, with every program file
+# changed (loaded by `supervisorctl update`, which waits for nothing; under systemd the unit looks
+# active between restarts).
+NOT_COMING_UP = {"worker-default": ["-e", "celery_app_module=fleetapp.no_such_module", "-e", "celery_worker_ping_timeout=10"],
+                 "beat": ["-e", json.dumps({"celery_app_settings": {"beat_scheduler": "fleetapp.no_such_module:Scheduler"},
+                                            "celery_worker_loglevel": "DEBUG"})]}
+
+
+@pytest.fixture(scope="module")
+def repairs(brokers, workers):
+    """The runs whose processes do not come up, one after the other (the second, with the app's
+    module back, also repairs the first), then one good run that repairs what is left and what
+    was done by hand meanwhile: one worker group stopped, beat's program or unit file deleted,
+    on RabbitMQ guest added back and the app's user made an administrator. Each run's output
+    and the fleet's state are recorded as the run ends."""
+    worker, found = workers[0], {"bad": {}}
+    for instance, extra in NOT_COMING_UP.items():
+        started = time.monotonic()
+        bad = ansible_playbook("site.yml", *extra)
+        found["bad"][instance] = {"run": bad, "took_s": round(time.monotonic() - started, 1), "answered": nodes_answer(worker)}
+    assert stop_process(worker, "worker-default").rc == 0
+    remove_by_hand(worker, "beat")
+    found["by_hand"] = processes(worker)
+    if BROKER == "rabbitmq":
+        found["users"] = rabbitmq_users(brokers[0])
+        brokers[0].check_output("rabbitmqctl -q add_user guest guest && rabbitmqctl -q set_user_tags celery administrator")
+        found["users_by_hand"] = rabbitmq_users(brokers[0])
+    found["good"] = ansible_playbook("site.yml")
+    found["after"] = settled(worker)
+    found["answered"] = nodes_answer(worker)
+    if BROKER == "rabbitmq":
+        found["users_after"] = rabbitmq_users(brokers[0])
+    return found
+
+
+def test_drill_a_process_that_does_not_come_up_is_named_with_its_reason(repairs, workers):
+    """Each run fails naming the host, the program or unit, and the error from its log; the next
+    run repairs it (the second bad run the workers, the good run beat)."""
+    worker = workers[0]
+    for instance, bad in repairs["bad"].items():
+        # Ansible's YAML output folds long lines and doubles quotes: compare words.
+        out = " ".join(plain(bad["run"].stdout).split())
+        expected = (f"on {worker.backend.host} did not come up", unit(instance), "ModuleNotFoundError: No module named",
+                    "fleetapp.no_such_module")
+        report("not-coming-up", process=instance, failed=bad["run"].returncode != 0, failed_after_s=bad["took_s"],
+               named=all(text in out for text in expected), workers_answered_after=bad["answered"])
+        assert bad["run"].returncode != 0, f"a run whose {instance} cannot start passed"
+        for text in expected:
+            assert text in out, f"the failure does not say {text!r}: {out[-3000:]}"
+    assert repairs["bad"]["beat"]["answered"], "the run after the one whose workers did not come up left them down"
+    assert repairs["good"].returncode == 0, plain(repairs["good"].stdout)[-3000:]
+    assert repairs["answered"], repairs["after"]
+    assert all(state == "RUNNING" for state, _ in repairs["after"].values()), repairs["after"]
+
+
+def test_drill_processes_stopped_or_removed_by_hand_come_back_after_site_yml(repairs, clients, workers):
     """One worker group stopped by hand, beat's program or unit file deleted (on RabbitMQ also
     guest added back and the app's user made an administrator): the next site.yml starts the one,
     brings back the other, sets the broker's users back, and reports the change (worker-long also
-    goes back to the configuration the inventory names, after the drill above)."""
-    worker = workers[0]
-    assert stop_process(worker, "worker-default").rc == 0
-    remove_by_hand(worker, "beat")
-    before = processes(worker)
-    assert before["worker-default"][0] != "RUNNING" and before.get("beat", ("GONE", 0))[0] != "RUNNING", before
-    if BROKER == "rabbitmq":
-        users = rabbitmq_users(brokers[0])
-        brokers[0].check_output("rabbitmqctl -q add_user guest guest && rabbitmqctl -q set_user_tags celery administrator")
-
-    done = ansible_playbook("site.yml")
-    after = settled(worker)
+    runs the configuration the inventory names, after the drill above)."""
+    worker, before, after, done = workers[0], repairs["by_hand"], repairs["after"], repairs["good"]
     ids = send_tracked(clients[0], 4) + send_tracked(clients[0], 1, queue="long")
     counts = wait_until(lambda: all_ran(workers, ids), 60, 1)
     report("stopped-by-hand", before={k: v[0] for k, v in before.items()}, after={k: v[0] for k, v in after.items()},
            changed=recap(done.stdout), ran=sum(1 for n in (counts or {}).values() if n))
+    assert before["worker-default"][0] != "RUNNING" and before.get("beat", ("GONE", 0))[0] != "RUNNING", before
     assert done.returncode == 0, plain(done.stdout)[-3000:]
     if BROKER == "rabbitmq":
-        assert rabbitmq_users(brokers[0]) == users, "site.yml did not set the broker's users back"
+        assert repairs["users_by_hand"] != repairs["users"], "guest and the administrator tag were not put back by hand"
+        assert repairs["users_after"] == repairs["users"], "site.yml did not set the broker's users back"
     assert recap(done.stdout)[worker.backend.host] > 0, "site.yml reported no change"
     assert all(after[name][0] == "RUNNING" for name in ("worker-default", "worker-long", "beat")), after
     assert "--concurrency=1 " in command_line(worker, "worker-long")
     assert counts, f"tasks did not run after the repair: {executions(workers, ids)}"
-
-
-def test_drill_a_process_that_does_not_come_up_is_named_with_its_reason(workers):
-    """An app module that does not import: every process dies at start. Then beat alone: its
-    scheduler does not import, with every program file changed (loaded by `supervisorctl update`,
-    which waits for nothing; under systemd the unit looks active between restarts). Each run
-    fails naming the host, the program or unit, and the error from its log; the next good run
-    repairs it."""
-    worker = workers[0]
-    unit = (lambda instance: f"{NAME_PREFIX}-{instance}" if PM == "supervisor" else f"{NAME_PREFIX}@{instance}.service")
-    # The worker dies within seconds of its start, having logged the error: 10 s of pings (two
-    # rounds) are enough for the run to see it and read the log.
-    cases = {"worker-default": ["-e", "celery_app_module=fleetapp.no_such_module", "-e", "celery_worker_ping_timeout=10"],
-             "beat": ["-e", json.dumps({"celery_app_settings": {"beat_scheduler": "fleetapp.no_such_module:Scheduler"},
-                                        "celery_worker_loglevel": "DEBUG"})]}
-    for instance, extra in cases.items():
-        started = time.monotonic()
-        bad = ansible_playbook("site.yml", *extra)
-        failed_after = round(time.monotonic() - started, 1)
-        good = ansible_playbook("site.yml")
-        # Ansible's YAML output folds long lines and doubles quotes: compare words.
-        out = " ".join(plain(bad.stdout).split())
-        expected = (f"on {worker.backend.host} did not come up", unit(instance), "ModuleNotFoundError: No module named",
-                    "fleetapp.no_such_module")
-        report("not-coming-up", process=instance, failed=bad.returncode != 0, failed_after_s=failed_after,
-               named=all(text in out for text in expected), repaired=good.returncode == 0)
-        assert bad.returncode != 0, f"a run whose {instance} cannot start passed"
-        for text in expected:
-            assert text in out, f"the failure does not say {text!r}: {out[-3000:]}"
-        assert good.returncode == 0, plain(good.stdout)[-3000:]
-        assert nodes_answer(worker), processes(worker)
-        assert all(state == "RUNNING" for state, _ in settled(worker).values()), processes(worker)
 
 
 # --- 7. Security ----------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 import pytest
 from conftest import (
     ACK_TIMEOUT,
-    APP,
     BROKER,
     ENV_FILE,
     NAME_PREFIX,

@@ -7,8 +7,10 @@ names it; the refusal names the app, its processes, the tasks waiting for it, an
 removes it. That command (`-e celery_app_remove=fleetapp`) removes everything of the demo app on
 every host (its Flower's own nginx site too, which would otherwise stay enabled beside the new one:
 two default servers) and keeps what both apps use (the account `celery`, the broker's user and
-vhost); the tutorial's `add(4, 4)` returns 8 and its Flower answers; a rerun changes nothing.
-These tests run last (conftest: replaces_app).
+vhost); the tutorial's `add(4, 4)` returns 8 and its Flower answers. The rerun is the one users
+read: stock Ansible with -vvv, which prints every task's arguments and results; it changes nothing
+on any host and prints no secret (the scenario's idempotence: it has no step of its own). These
+tests run last (conftest: replaces_app).
 """
 
 import json
@@ -16,7 +18,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import APP, ansible_playbook, get, left_of, plain, private_address, processes, recap, required_group, run_python, secret
+from conftest import APP, STOCK_ANSIBLE, ansible_playbook, get, left_of, plain, private_address, processes, recap, required_group, run_python, secret
 
 pytestmark = pytest.mark.replaces_app
 
@@ -32,12 +34,12 @@ ADD = "import celery_fleet\nprint(celery_fleet.app.send_task('tasks.add', (4, 4)
 
 @pytest.fixture(scope="module")
 def runs(workers, clients):
-    """The refused run, the replacement with the command it named, the rerun."""
+    """The refused run, the replacement with the command it named, the verbose rerun."""
     assert processes(workers[0]), f"the scenario's own app {APP} must run before it is replaced"
     refused = ansible_playbook("site.yml", "-e", json.dumps(TUTORIAL))
     command = f"celery_app_remove={APP}"
     replaced = ansible_playbook("site.yml", "-e", json.dumps(TUTORIAL), "-e", command)
-    rerun = ansible_playbook("site.yml", "-e", json.dumps(TUTORIAL), "-e", command)
+    rerun = ansible_playbook("site.yml", "-vvv", "-e", json.dumps(TUTORIAL), "-e", command, env=STOCK_ANSIBLE)
     return {"hosts": workers + clients, "refused": refused, "replaced": replaced, "rerun": rerun}
 
 
@@ -63,9 +65,20 @@ def test_the_replaced_app_leaves_nothing_and_nginx_serves_one_site(runs):
     assert flower.run("getent passwd celery").rc == 0
 
 
-def test_the_tutorials_add_returns_8_its_flower_answers_and_a_rerun_changes_nothing(runs, clients):
+def test_the_tutorials_add_returns_8_and_its_flower_answers(runs, clients):
     assert run_python(clients[0], ADD, timeout=90, app=NEW).strip() == "8"
     flower = required_group("flower")[0]
     status, body = get(f"http://{private_address(flower)}{FLOWER.rstrip('/')}/api/workers?refresh=1", auth=("admin", secret("flower_password")), timeout=30)
     assert status == 200 and json.loads(body), (status, body[:500])
-    assert runs["rerun"].returncode == 0 and set(recap(runs["rerun"].stdout).values()) == {0}, plain(runs["rerun"].stdout)[-3000:]
+
+
+def test_a_verbose_rerun_changes_nothing_on_any_host_and_prints_no_secret(runs):
+    secrets = {name: secret(name) for name in ("flower_password", "flower_cookie_secret", "broker_password", "flower_broker_api_password")}
+    done = runs["rerun"]
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, plain(out)[-3000:]
+    assert " EXEC " in out, "the rerun printed no command it ran on a host: it was not verbose"
+    changed = recap(done.stdout)
+    assert set(changed) >= {h.backend.host for h in runs["hosts"]} and not any(changed.values()), (changed, plain(out)[-3000:])
+    leaked = [name for name, value in secrets.items() if value in out]
+    assert not leaked, f"-vvv printed {leaked}"
