@@ -16,6 +16,7 @@ from fleet_model import (  # noqa: E402
     celery_fleet_refusals,
     celery_flower_inputs,
     celery_flower_removed_inputs,
+    celery_flower_switched_off_inputs,
     celery_removed_broker_inputs,
     celery_rabbitmq_users,
     celery_redis_users,
@@ -124,7 +125,9 @@ def test_broker_accounts_grant_an_app_its_namespace_and_the_queues_it_sends_to_o
     assert users["mail"]["permissions"] == [{"vhost": "mail"}]
     assert [p["vhost"] for p in users["flower-monitor"]["permissions"]] == ["shop", "search"]
     assert all(p["write_priv"] == p["read_priv"] == p["configure_priv"] == "^$" for p in users["flower-monitor"]["permissions"])
-    assert "flower-monitor" not in {u["name"] for u in celery_rabbitmq_users(apps, "false", "flower-monitor", "")}
+    # Flower switched off: its account goes.
+    assert [u for u in celery_rabbitmq_users(apps, "false", "flower-monitor", "") if u["name"] == "flower-monitor"] == [
+        {"name": "flower-monitor", "state": "absent"}]
 
     redis = {u["name"]: u for u in celery_redis_users(model(TWO_APPS))}
     assert redis["shop"] == {"name": "shop", "password": "s" * 16, "prefix": "shop:", "pushes": ["mail:celery"]}
@@ -316,6 +319,28 @@ def test_a_single_app_removes_the_apps_it_named_before_and_keeps_what_both_use()
                                                                "htpasswd": "/etc/nginx/fleetapp-flower.htpasswd", "user": "",
                                                                "site": "fleetapp-flower"}]
     assert [a["name"] for a in model(remove=["old", "older"])] == ["fleetapp", "old", "older"]
+
+
+def test_a_flower_switched_off_leaves_what_a_flower_still_running_on_the_host_uses():
+    apps = model(TWO_APPS)
+    # One app of the list without its Flower: its files and account go, the shared site stays (the
+    # app that never had one is in the list too: the role deletes only what it finds).
+    off = [dict(app, flower_hosts=[]) if app["name"] == "shop" else app for app in apps]
+    flower_host = apps[0]["flower_hosts"][0]
+    found = celery_flower_switched_off_inputs(off, flower_host, [flower_host])
+    assert [f["name"] for f in found] == ["shop", "mail"]
+    assert found[0] == {"name": "shop", "config_file": "/etc/celery-fleet/shop-flower.py", "htpasswd": "/etc/nginx/shop-flower.htpasswd",
+                        "user": "flower-shop", "site": ""}
+    # Every Flower off: the site goes too; a host outside the `flower` group has none to delete.
+    assert {f["site"] for f in celery_flower_switched_off_inputs([dict(a, flower_hosts=[]) for a in apps], flower_host, [flower_host])} == {
+        "celery-flower"}
+    assert celery_flower_switched_off_inputs(off, "elsewhere", [flower_host]) == []
+    # The single app with Flower off: its `flower` account and its own site go.
+    single = model(flower_enabled="false")
+    assert celery_flower_switched_off_inputs(single, "w1", ["w1"]) == [{
+        "name": "fleetapp", "config_file": "/etc/celery-fleet/fleetapp-flower.py", "htpasswd": "/etc/nginx/fleetapp-flower.htpasswd",
+        "user": "flower", "site": "fleetapp-flower"}]
+    assert celery_flower_switched_off_inputs(model(), "w1", ["w1"]) == []
 
 
 @pytest.mark.parametrize("remove, message", [

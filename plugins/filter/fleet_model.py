@@ -209,6 +209,16 @@ def celery_flower_removed_inputs(apps, present):
             for app in apps]
 
 
+def celery_flower_switched_off_inputs(apps, host, flower_hosts):
+    """The same view of the Flowers of `apps` (those the fleet runs) that no longer run on `host`,
+    a host of the `flower` group (`flower_hosts`): switched off (celery_flower_enabled false, or an
+    app's `flower: false`). What a Flower still running there uses stays."""
+    if host not in flower_hosts:
+        return []
+    running = [app for app in apps if host in app["flower_hosts"]]
+    return celery_flower_removed_inputs([app for app in apps if host not in app["flower_hosts"]], running)
+
+
 def celery_removed_broker_inputs(apps, present):
     """The brokers' view of the apps to remove: the RabbitMQ vhosts and users to delete (entries of
     rabbitmq_vhosts and rabbitmq_users with state absent) and the Redis key prefixes to empty, less
@@ -353,6 +363,9 @@ def celery_rabbitmq_users(apps, flower_enabled, flower_api_user, flower_api_pass
     if _truth(flower_enabled):
         users.append({"name": flower_api_user, "password": flower_api_password, "tags": "monitoring",
                       "permissions": [dict(nothing, vhost=app["broker_namespace"]) for app in apps if _truth(app["flower"])]})
+    elif flower_api_user:
+        # Flower switched off: its account on the management API goes with it.
+        users.append({"name": flower_api_user, "state": "absent"})
     return users
 
 
@@ -543,6 +556,7 @@ class FilterModule:
             "celery_app_inputs": celery_app_inputs,
             "celery_flower_inputs": celery_flower_inputs,
             "celery_flower_removed_inputs": celery_flower_removed_inputs,
+            "celery_flower_switched_off_inputs": celery_flower_switched_off_inputs,
             "celery_removed_broker_inputs": celery_removed_broker_inputs,
             "celery_app_removed_inputs": celery_app_removed_inputs,
             "celery_worker_removed_inputs": celery_worker_removed_inputs,

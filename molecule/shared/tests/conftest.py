@@ -305,6 +305,15 @@ def left_of(h, app):
     return found
 
 
+def flower_left_of(h, app):
+    """What the fleet put on host h for `app`'s Flower that is still there: its process, program or
+    unit, configuration, logins and a site of its own (the account aside: the caller knows its name)."""
+    found = [f"process {instance}" for instance in processes(h, app) if instance == "flower"]
+    return found + h.check_output(f"ls -d /etc/celery-fleet/{app}-flower.py /etc/nginx/{app}-flower.htpasswd /etc/nginx/sites-*/{app}-flower"
+                                  f" /etc/supervisor/conf.d/celery-{app}-flower.conf /etc/systemd/system/celery-{app}@flower.service.d"
+                                  " 2>/dev/null || true").split()
+
+
 def stop_process(h, instance):
     """Stop one of the app's processes the way its manager does; returns the command's result."""
     if PM == "supervisor":

@@ -298,8 +298,13 @@ def test_the_rolling_broker_restart_loses_no_task_and_repeats_one_only_by_redeli
     # connection-loss comes too late for a task of a few ms). Any other duplicate fails.
     assert not lost and not unexplained, (lost[:10], unexplained[:10])
     # Each drain closes the node's client connections: sends fail until the sender has reconnected to
-    # another node (measured 5.2 and 7.4 s at the longest).
-    assert sender.longest_without_a_send() < 15
+    # another node and the queues the node led have their new leaders (measured 5.2 and 7.4 s at the
+    # longest alone, 9 to 14 s beside the other lane of `make test`). A node's turn in the roll
+    # (drain, stop, start, wait) takes a third of it; the others serve meanwhile, so sends stop for
+    # less than half a turn, on a slow machine as on a fast one (its turns are slower too). A roll
+    # that stopped every node at once would stop them for a whole turn.
+    turn = roll_seconds / len(brokers)
+    assert sender.longest_without_a_send() < turn / 2, (sender.longest_without_a_send(), turn)
     assert all(running_nodes(b) == {node_name(x) for x in brokers} for b in brokers)
     assert not any(json.loads(b.check_output("rabbitmq-diagnostics -q status --formatter json"))["is_under_maintenance"]
                    for b in brokers)

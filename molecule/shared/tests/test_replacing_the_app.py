@@ -1,5 +1,11 @@
-"""The demo app replaced by the tutorial's, as the README's "Deploy your own app" does after
-`make demo` (scenario rabbitmq-systemd: a single app, Flower under a path).
+"""The demo app's Flower switched off, then the demo app replaced by the tutorial's, as the
+README's "Deploy your own app" does after `make demo` (scenario rabbitmq-systemd: a single app,
+Flower under a path).
+
+Flower switched off (`-e celery_flower_enabled=false`) takes its program or unit, configuration,
+logins, account and nginx site off the host, and its account and the management plugin off
+RabbitMQ; nginx keeps serving (its configuration is valid). The replacement then turns it on
+again, for the new app.
 
 The inventory's single-app variables name the tutorial instead of the demo app. The first run is
 refused before any host changes: the demo app's processes still run and the inventory no longer
@@ -18,7 +24,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import APP, STOCK_ANSIBLE, ansible_playbook, get, left_of, plain, private_address, processes, recap, required_group, run_python, secret
+from conftest import APP, STOCK_ANSIBLE, ansible_playbook, flower_left_of, get, left_of, plain, private_address, processes, recap, required_group, run_python, secret
 
 pytestmark = pytest.mark.replaces_app
 
@@ -33,7 +39,28 @@ ADD = "import celery_fleet\nprint(celery_fleet.app.send_task('tasks.add', (4, 4)
 
 
 @pytest.fixture(scope="module")
-def runs(workers, clients):
+def flower_off(brokers):
+    """The run with Flower switched off, and what it left on the Flower host and the broker."""
+    flower, broker = required_group("flower")[0], brokers[0]
+    assert flower_left_of(flower, APP), "the scenario's Flower must run before it is switched off"
+    done = ansible_playbook("site.yml", "-e", "celery_flower_enabled=false")
+    return {"run": done, "left": flower_left_of(flower, APP), "account": flower.run("getent passwd flower").rc != 2,
+            "nginx_ok": flower.run("nginx -t -q").rc == 0,
+            "broker_users": broker.check_output("rabbitmqctl -q list_users --formatter json"),
+            "plugins": broker.check_output("rabbitmq-plugins list -q -E")}
+
+
+def test_switching_flower_off_removes_it_from_the_host_and_the_broker(flower_off):
+    assert flower_off["run"].returncode == 0, plain(flower_off["run"].stdout)[-3000:]
+    assert flower_off["left"] == [], flower_off["left"]
+    assert not flower_off["account"], "Flower's account stays"
+    assert flower_off["nginx_ok"], "nginx's configuration is broken without Flower's site"
+    assert "flower-monitor" not in flower_off["broker_users"], "Flower's account on RabbitMQ's management API stays"
+    assert "rabbitmq_management" not in flower_off["plugins"], flower_off["plugins"]
+
+
+@pytest.fixture(scope="module")
+def runs(flower_off, workers, clients):
     """The refused run, the replacement with the command it named, the verbose rerun."""
     assert processes(workers[0]), f"the scenario's own app {APP} must run before it is replaced"
     refused = ansible_playbook("site.yml", "-e", json.dumps(TUTORIAL))
