@@ -23,7 +23,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # subnets are distinct; a scenario run twice stays in one lane; RUNS (none by default) run after
 # both lanes, alone.
 DRILLS := drills:redis:systemd:supervisor:31:30 drills:rabbitmq:supervisor:systemd:30:60 fleet django-app
-BESIDE_DRILLS := apps:redis:supervisor:24 apps:rabbitmq:systemd:24 rabbitmq-systemd sqs staging-ssh
+BESIDE_DRILLS := apps:redis:supervisor:25 apps:rabbitmq:systemd:25 rabbitmq-systemd sqs staging-ssh
 RUNS :=
 # The lab's broker, process manager and (optional) result backend; inventory/lab reads them
 # from the environment:  make demo BROKER=rabbitmq PM=systemd [RESULTS=redis]

@@ -289,7 +289,8 @@ def test_an_app_marked_absent_stays_in_the_model_and_every_role_gets_what_to_rem
                                                               "redis_prefixes": ["search:"]}
     assert celery_app_removed_inputs(removed, present) == [{"name": "search", "beat_schedule": "/var/lib/celery-search/search-beat-schedule",
                                                             "root": "/opt/search", "env_file": "/etc/celery-fleet/search.env",
-                                                            "home": "/var/lib/celery-search", "user": "celery-search", "group": "celery-search"}]
+                                                            "home": "/var/lib/celery-search", "user": "celery-search", "group": "celery-search",
+                                                            "sqs_queues": []}]
 
 
 def test_a_removal_keeps_whatever_an_app_the_fleet_runs_uses_too():
@@ -300,7 +301,7 @@ def test_a_removal_keeps_whatever_an_app_the_fleet_runs_uses_too():
     present[0]["root"] = "/srv/apps"
     assert celery_app_removed_inputs(removed, present) == [{"name": "mail", "beat_schedule": "/var/lib/celery-mail/mail-beat-schedule",
                                                             "root": "", "env_file": "/etc/celery-fleet/mail.env",
-                                                            "home": "/var/lib/celery-mail", "user": "", "group": ""}]
+                                                            "home": "/var/lib/celery-mail", "user": "", "group": "", "sqs_queues": []}]
 
 
 def test_a_single_app_removes_the_apps_it_named_before_and_keeps_what_both_use():
@@ -314,7 +315,8 @@ def test_a_single_app_removes_the_apps_it_named_before_and_keeps_what_both_use()
     assert celery_removed_broker_inputs(removed, present) == {"rabbitmq_vhosts": [], "rabbitmq_users": [], "redis_prefixes": []}
     assert celery_app_removed_inputs(removed, present) == [{"name": "fleetapp", "beat_schedule": "/var/lib/celery/fleetapp-beat-schedule",
                                                             "root": "/opt/fleetapp",
-                                                            "env_file": "/etc/celery-fleet/fleetapp.env", "home": "", "user": "", "group": ""}]
+                                                            "env_file": "/etc/celery-fleet/fleetapp.env", "home": "", "user": "", "group": "",
+                                                            "sqs_queues": []}]
     assert celery_flower_removed_inputs(removed, present) == [{"name": "fleetapp", "config_file": "/etc/celery-fleet/fleetapp-flower.py",
                                                                "htpasswd": "/etc/nginx/fleetapp-flower.htpasswd", "user": "",
                                                                "site": "fleetapp-flower"}]
@@ -355,15 +357,19 @@ def test_a_single_app_may_not_remove_itself_or_a_malformed_name(remove, message)
     assert [m for m in found["apps"] if m.startswith(message)], found
 
 
-def test_every_app_marked_absent_or_an_absent_app_on_sqs_is_refused():
+def test_every_app_marked_absent_is_refused():
     every = [dict(entry, state="absent", sends_to=[]) for entry in TWO_APPS]
     assert "celery_apps marks every app absent: keep at least one app (a fleet without apps runs nothing)." in failing(every)
+
+
+def test_an_app_removed_on_sqs_is_accepted_and_its_queues_go_with_it():
     one = [dict(TWO_APPS[0], sends_to=[], flower=False), dict(TWO_APPS[1], state="absent")]
-    sqs = {"region": "eu-west-1", "queue_name_prefix": "", "wait_time_seconds": 20, "polling_interval": 1, "aws_access_key_id": "",
-           "aws_secret_access_key": "", "endpoint_url": "", "dynamodb_endpoint_url": "", "flower_enabled": False}
-    found = celery_fleet_refusals(model(one, broker="sqs", result_backend="dynamodb"), broker="sqs", result_backend="dynamodb",
-                                  broker_user="celery", broker_vhost="celery", ack_timeout=7200, task_time_limit=1800,
-                                  soft_shutdown_timeout=60, sqs=sqs, cluster=None, apps_rules=[], group_defaults=ROLE_DEFAULTS["celery_worker_group_defaults"])
-    assert [m for m in found["sqs"] if "marked absent" in m] == [
-        "celery_apps: an app marked absent (or named by celery_app_remove) needs the redis or rabbitmq broker: with SQS the fleet"
-        " does not delete queues yet; stop its processes, delete its queues and take its entry out."], found
+    apps = model(one, broker="sqs", result_backend="dynamodb")
+    found = celery_fleet_refusals(apps, broker="sqs", result_backend="dynamodb", broker_user="celery", broker_vhost="celery",
+                                  ack_timeout=7200, task_time_limit=1800, soft_shutdown_timeout=60, sqs=GOOD_SQS, cluster=None,
+                                  apps_rules=[], group_defaults=ROLE_DEFAULTS["celery_worker_group_defaults"])
+    assert found["sqs"] == [], found
+    present, removed = [a for a in apps if a["state"] == "present"], [a for a in apps if a["state"] == "absent"]
+    (gone,) = celery_app_removed_inputs(removed, present)
+    assert (gone["name"], gone["root"], gone["sqs_queues"]) == ("mail", "/opt/mail", removed[0]["sqs_queues"]), gone
+    assert "celery" in gone["sqs_queues"]

@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "roles" / "rabbitmq
 from rabbitmq_definitions import (  # noqa: E402
     rabbitmq_holds_user,
     rabbitmq_policies_to_apply,
+    rabbitmq_users_left_over,
+    rabbitmq_users_owned,
     rabbitmq_users_to_apply,
     rabbitmq_vhosts_to_apply,
 )
@@ -107,3 +109,21 @@ def test_guest_is_found_only_when_the_broker_holds_it():
     held = copy.deepcopy(HELD)
     held["users"].append({"name": "guest", "password_hash": HASH, "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["administrator"]})
     assert rabbitmq_holds_user(held, "guest")
+
+
+def test_every_present_user_is_written_with_the_owner_tag_beside_its_own():
+    owned = rabbitmq_users_owned(USERS + [{"name": "gone", "state": "absent"}], "celery-fleet")
+    assert [user.get("tags") for user in owned] == ["celery-fleet", "celery-fleet,monitoring", None]
+    assert rabbitmq_users_owned(USERS, "") == USERS
+
+
+def test_a_user_with_the_owner_tag_that_the_list_no_longer_names_is_left_over():
+    held = copy.deepcopy(HELD)
+    for user in held["users"]:
+        user["tags"] = user["tags"] + ["celery-fleet"]
+    held["users"].append({"name": "byhand", "password_hash": HASH, "tags": ["administrator"]})
+    held["permissions"].append({"user": "byhand", "vhost": "celery", "configure": ".*", "write": ".*", "read": ".*"})
+    # celery is dropped from the list, flower marked absent, byhand was never the role's.
+    assert rabbitmq_users_left_over(held, [dict(USERS[1], state="absent")], "celery-fleet") == [{"name": "celery", "vhosts": ["celery"]}]
+    assert rabbitmq_users_left_over(held, USERS, "celery-fleet") == []
+    assert rabbitmq_users_left_over(held, [], "") == []

@@ -191,10 +191,11 @@ def celery_worker_removed_inputs(apps):
 def celery_app_removed_inputs(apps, present):
     """Role celery_app's view of the apps to remove: what the fleet put on the hosts for each
     (its root, environment file, home, account and group), less anything an app of `present` (the
-    apps the fleet runs) uses too, left empty; and its beat schedule (beat_schedule: shelve adds a
-    suffix of its own), which goes from a home that stays too."""
+    apps the fleet runs) uses too, left empty; its beat schedule (beat_schedule: shelve adds a
+    suffix of its own), which goes from a home that stays too; and with SQS its queues (sqs_queues:
+    deleted, with its DynamoDB result table, through its launcher before the root goes)."""
     kept = {key: {app[key] for app in present} for key in ("root", "env_file", "home", "user", "group")}
-    return [dict({"name": app["name"], "beat_schedule": app["beat_schedule"]},
+    return [dict({"name": app["name"], "beat_schedule": app["beat_schedule"], "sqs_queues": app["sqs_queues"]},
                  **{key: "" if app[key] in used else app[key] for key, used in kept.items()}) for app in apps]
 
 
@@ -525,10 +526,6 @@ def celery_fleet_refusals(apps, broker, result_backend, broker_user, broker_vhos
              " (vault them; written only to the environment file), or leave both empty for the instance role."),
             (not any(app["sends_to"] for app in apps),
              "celery_apps' sends_to needs the redis or rabbitmq broker: with SQS, grant another app's queues in IAM, outside the fleet."),
-            (all(_kept(app) for app in apps),
-             "celery_apps: an app marked absent (or named by celery_app_remove) needs the redis or rabbitmq broker: with SQS the fleet"
-             " does not delete queues yet;"
-             " stop its processes, delete its queues and take its entry out."),
         ]
     if cluster is not None:
         brokers, nodes, limit = list(cluster["brokers"]), list(cluster["nodes"]), cluster["delivery_limit"]

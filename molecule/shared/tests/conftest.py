@@ -79,7 +79,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "drills: failure drills (scenario drills)")
     config.addinivalue_line("markers", "monitoring: Flower, its metrics and the health check (scenarios with a flower group)")
     config.addinivalue_line("markers", "sqs: Amazon SQS as the broker (scenario sqs)")
-    config.addinivalue_line("markers", "replaces_app: the demo app replaced by the tutorial's (a single-app rename, scenario rabbitmq-systemd)")
+    config.addinivalue_line("markers", "replaces_app: the demo app replaced by the tutorial's (a single-app rename; scenarios rabbitmq-systemd and sqs)")
     config.addinivalue_line("markers", "cluster: a RabbitMQ cluster of three nodes (scenario fleet)")
     config.addinivalue_line("markers", "disrupts: kills or stops part of the scenario's fleet; runs after its other tests")
     config.addinivalue_line("markers", "manager_operations: a warm stop and the status, stop and start actions; proven once per"
@@ -441,6 +441,24 @@ def refusals(stdout):
 # users see (-vvv's output, preflight's refusals); and a run that preflight refuses ends before
 # Mitogen's start-up on each host pays back (about 1.2 against 2.0 s a run).
 STOCK_ANSIBLE = {"ANSIBLE_STRATEGY": "linear"}
+
+# The demo app replaced by the tutorial's, as the README's "Deploy your own app" says: where the
+# code is, what `-A` takes, and the smoke test of a deploy; and the tutorial's add(4, 4).
+TUTORIAL_APP = "tutorial"
+TUTORIAL = {"celery_app_name": TUTORIAL_APP, "celery_app_src": str(Path(__file__).resolve().parents[1] / "apps" / "tutorial"),
+            "celery_app_module": "tasks", "celery_worker_smoke_task": "tasks.add", "celery_worker_smoke_args": [4, 4],
+            "celery_worker_smoke_result": 8}
+TUTORIAL_ADD = "import celery_fleet\nprint(celery_fleet.app.send_task('tasks.add', (4, 4)).get(timeout=60))"
+
+
+def assert_refused_before_any_change(done, *texts):
+    """A run that failed saying each of `texts` (its output's spaces and line breaks folded), before
+    any host changed."""
+    output = " ".join(plain(done.stdout).split())
+    assert done.returncode != 0, output[-2000:]
+    for text in texts:
+        assert text in output, f"the refusal does not say {text!r}: {output[-3000:]}"
+    assert set(recap(done.stdout).values()) == {0}, "a host changed before the refusal"
 
 
 def refusal_problems(cases, special=None):

@@ -12,7 +12,21 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import BROKER, PM, STOCK_ANSIBLE, ansible_playbook, get, plain, private_address, processes, recap, required_group, run_python, secret, wait_until
+from conftest import (
+    BROKER,
+    PM,
+    STOCK_ANSIBLE,
+    ansible_playbook,
+    assert_refused_before_any_change,
+    get,
+    plain,
+    private_address,
+    processes,
+    required_group,
+    run_python,
+    secret,
+    wait_until,
+)
 
 pytestmark = pytest.mark.apps
 
@@ -232,8 +246,4 @@ REFUSED = [
 
 @pytest.mark.parametrize("playbook, extra, message", REFUSED, ids=[case[2].split(" ")[0] for case in REFUSED])
 def test_preflight_refuses_an_app_list_that_cannot_work(playbook, extra, message):
-    done = ansible_playbook(playbook, "-e", json.dumps(extra), env=STOCK_ANSIBLE)
-    output = plain(done.stdout)
-    assert done.returncode != 0, output[-2000:]
-    assert message in " ".join(output.split()), output[-3000:]
-    assert set(recap(done.stdout).values()) == {0}, "a host changed before the refusal"
+    assert_refused_before_any_change(ansible_playbook(playbook, "-e", json.dumps(extra), env=STOCK_ANSIBLE), message)

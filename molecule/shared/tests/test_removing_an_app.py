@@ -8,8 +8,11 @@ tasks wait on the demo app's `long` queue, whose worker group is stopped by hand
 is refused before any host changes,
 naming the count; the second, with `drop_queued: true`, removes everything the fleet put on every
 host and on the broker for the demo app and names the count it dropped; the third changes
-nothing. The tutorial's processes keep their PIDs throughout and its tasks still run. The tests
-are marked `disrupts`: they run last (after the interrupted run's, by file name).
+nothing. The tutorial's processes keep their PIDs throughout and its tasks still run. Last, what
+the fleet makes on the broker for an app (RabbitMQ: its user, with the role's tag, and vhost;
+Redis: its ACL user in the configuration the role wrote) for one no host runs any more and the
+inventory no longer names: refused before any host changes. The tests are marked `disrupts`:
+they run last (after the interrupted run's, by file name).
 """
 
 import json
@@ -17,11 +20,25 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BROKER, PM, ansible_playbook, get, left_of, plain, private_address, processes, recap, required_group, run_python, secret
+from conftest import (
+    BROKER,
+    PM,
+    ansible_playbook,
+    assert_refused_before_any_change,
+    get,
+    left_of,
+    plain,
+    private_address,
+    processes,
+    recap,
+    required_group,
+    run_python,
+    secret,
+)
 
 pytestmark = [pytest.mark.apps, pytest.mark.disrupts]
 
-REMOVED, KEPT, RENAMED = "fleetapp", "tutorial", "tutor"
+REMOVED, KEPT, RENAMED, GONE = "fleetapp", "tutorial", "tutor", "ledger"
 WAITING = 3
 
 SEND_LONG = f"""
@@ -79,20 +96,13 @@ def runs(workers, clients):
 
 
 def test_an_app_renamed_in_the_list_is_refused_naming_the_one_still_running_before_any_host_changes(runs, workers):
-    output = " ".join(plain(runs["renamed"].stdout).split())
-    assert runs["renamed"].returncode != 0, output[-2000:]
-    for text in (f"{KEPT} runs on {workers[0].backend.host} (", f"but the inventory names no app {KEPT};", "tasks wait in its queues",
-                 "state: absent on its entry in celery_apps"):
-        assert text in output, f"the refusal does not say {text!r}: {output[-3000:]}"
-    assert set(recap(runs["renamed"].stdout).values()) == {0}, "a host changed before the refusal"
+    assert_refused_before_any_change(runs["renamed"], f"{KEPT} runs on {workers[0].backend.host} (", f"but the inventory names no app {KEPT};",
+                                     "tasks wait in its queues", "state: absent on its entry in celery_apps")
 
 
 def test_removing_an_app_while_tasks_wait_for_it_is_refused_before_any_host_changes(runs):
-    output = " ".join(plain(runs["refused"].stdout).split())
-    assert runs["refused"].returncode != 0, output[-2000:]
-    assert f"celery_apps: {REMOVED} is marked absent, but {WAITING} tasks wait in its queues" in output, output[-3000:]
-    assert "add drop_queued: true to its entry" in output, output[-3000:]
-    assert set(recap(runs["refused"].stdout).values()) == {0}, "a host changed before the refusal"
+    assert_refused_before_any_change(runs["refused"], f"celery_apps: {REMOVED} is marked absent, but {WAITING} tasks wait in its queues",
+                                     "add drop_queued: true to its entry")
 
 
 def test_an_app_removed_with_drop_queued_leaves_nothing_on_any_host_or_on_the_broker(runs, brokers):
@@ -124,3 +134,29 @@ def test_the_app_left_keeps_its_processes_runs_its_tasks_and_a_rerun_changes_not
     assert status == 200 and json.loads(body), (status, body[:500])
     assert get(f"{site}/{REMOVED}/api/workers")[0] == 404
     assert runs["rerun"].returncode == 0 and set(recap(runs["rerun"].stdout).values()) == {0}, plain(runs["rerun"].stdout)[-3000:]
+
+
+def leave_an_account_of_an_app_gone(broker):
+    """On the broker, what the fleet made for an app GONE, whose hosts are gone and which the
+    inventory no longer names; returns the command that deletes it."""
+    if BROKER == "rabbitmq":
+        broker.check_output(f"rabbitmqctl -q add_vhost {GONE} && rabbitmqctl -q add_user {GONE} {GONE}-broker-password-0123"
+                            f" && rabbitmqctl -q set_user_tags {GONE} celery-fleet && rabbitmqctl -q set_permissions -p {GONE} {GONE} '.*' '.*' '.*'")
+        return f"rabbitmqctl -q delete_user {GONE}; rabbitmqctl -q delete_vhost {GONE}"
+    broker.check_output(f"echo 'user {GONE} reset on #{'0' * 64} ~{GONE}:* &{GONE}:* -@all +ping' >> /etc/redis/redis.conf")
+    return f"sed -i '/^user {GONE} /d' /etc/redis/redis.conf"
+
+
+@pytest.fixture(scope="module")
+def account_left(runs, brokers):
+    """The run (the inventory as after the removal) with the account of an app gone on the broker."""
+    delete = leave_an_account_of_an_app_gone(brokers[0])
+    try:
+        return ansible_playbook("site.yml", "-e", apps_marked(True))
+    finally:
+        brokers[0].check_output(delete)
+
+
+def test_an_account_the_fleet_made_on_the_broker_for_an_app_no_longer_named_is_refused_before_any_host_changes(account_left):
+    where = f"with permissions on vhost {GONE}:" if BROKER == "rabbitmq" else f"for the keys {GONE}:*:"
+    assert_refused_before_any_change(account_left, f"no longer lists {GONE}, ", where, "state: absent on its entry in celery_apps")

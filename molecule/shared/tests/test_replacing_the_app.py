@@ -21,21 +21,32 @@ tests run last (conftest: replaces_app).
 
 import json
 import os
-from pathlib import Path
 
 import pytest
-from conftest import APP, STOCK_ANSIBLE, ansible_playbook, flower_left_of, get, left_of, plain, private_address, processes, recap, required_group, run_python, secret
+from conftest import (
+    APP,
+    STOCK_ANSIBLE,
+    TUTORIAL,
+    TUTORIAL_ADD,
+    TUTORIAL_APP,
+    ansible_playbook,
+    assert_refused_before_any_change,
+    flower_left_of,
+    get,
+    left_of,
+    plain,
+    private_address,
+    processes,
+    recap,
+    required_group,
+    run_python,
+    secret,
+)
 
 pytestmark = pytest.mark.replaces_app
 
-NEW = "tutorial"
-# The README's step 2: where the code is, what `-A` takes, and the smoke test of a deploy.
-TUTORIAL = {"celery_app_name": NEW, "celery_app_src": str(Path(__file__).resolve().parents[1] / "apps" / "tutorial"),
-            "celery_app_module": "tasks", "celery_worker_smoke_task": "tasks.add", "celery_worker_smoke_args": [4, 4],
-            "celery_worker_smoke_result": 8}
 # The scenario's Flower path (celery_flower_url_prefix), the same for the new app.
 FLOWER = "/" + os.environ.get("FLEET_FLOWER_URL_PREFIX", "").strip("/")
-ADD = "import celery_fleet\nprint(celery_fleet.app.send_task('tasks.add', (4, 4)).get(timeout=60))"
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +82,8 @@ def runs(flower_off, workers, clients):
 
 
 def test_a_run_that_no_longer_names_the_running_app_is_refused_before_any_host_changes(runs, workers):
-    output = " ".join(plain(runs["refused"].stdout).split())
-    assert runs["refused"].returncode != 0, output[-2000:]
-    expected = (f"{APP} runs on {workers[0].backend.host} (", f"but the inventory names no app {APP};", "tasks wait in its queues (queue ",
-                f"-e celery_app_remove={APP} with a single app")
-    for text in expected:
-        assert text in output, f"the refusal does not say {text!r}: {output[-3000:]}"
-    assert set(recap(runs["refused"].stdout).values()) == {0}, "a host changed before the refusal"
+    assert_refused_before_any_change(runs["refused"], f"{APP} runs on {workers[0].backend.host} (", f"but the inventory names no app {APP};",
+                                     "tasks wait in its queues (queue ", f"-e celery_app_remove={APP} with a single app")
 
 
 def test_the_replaced_app_leaves_nothing_and_nginx_serves_one_site(runs):
@@ -86,14 +92,14 @@ def test_the_replaced_app_leaves_nothing_and_nginx_serves_one_site(runs):
     for h in runs["hosts"]:
         assert left_of(h, APP) == [], h.backend.host
     flower = required_group("flower")[0]
-    assert flower.check_output("ls /etc/nginx/sites-enabled").split() == [f"{NEW}-flower"]
+    assert flower.check_output("ls /etc/nginx/sites-enabled").split() == [f"{TUTORIAL_APP}-flower"]
     assert flower.run("nginx -t -q").rc == 0
     # What both apps use stays: the account and the broker's user and vhost (the tutorial's now).
     assert flower.run("getent passwd celery").rc == 0
 
 
 def test_the_tutorials_add_returns_8_and_its_flower_answers(runs, clients):
-    assert run_python(clients[0], ADD, timeout=90, app=NEW).strip() == "8"
+    assert run_python(clients[0], TUTORIAL_ADD, timeout=90, app=TUTORIAL_APP).strip() == "8"
     flower = required_group("flower")[0]
     status, body = get(f"http://{private_address(flower)}{FLOWER.rstrip('/')}/api/workers?refresh=1", auth=("admin", secret("flower_password")), timeout=30)
     assert status == 200 and json.loads(body), (status, body[:500])

@@ -2,7 +2,8 @@
 for AWS (SQS and the DynamoDB results). SQS carries no remote control, so these checks count
 what happened by task id, read SQS's own queue attributes and the process manager's state,
 never `celery inspect`. The rolling restart under load and the deploys are checked by
-test_after_rolling_restart.py and test_after_deploys.py (marked sqs too).
+test_after_rolling_restart.py and test_after_deploys.py (marked sqs too). Last, the demo app is
+replaced by the tutorial's (replaces_app): its queues and result table leave AWS.
 """
 
 import json
@@ -12,16 +13,23 @@ import time
 import pytest
 from conftest import (
     ACK_TIMEOUT,
+    APP,
     ENV_FILE,
     NAME_PREFIX,
+    TUTORIAL,
+    TUTORIAL_ADD,
+    TUTORIAL_APP,
     all_ran,
+    assert_refused_before_any_change,
     ansible_playbook,
     env_variables,
     executions,
     mark_hosts,
     host_state,
+    left_of,
     plain,
     processes,
+    recap,
     refusal_problems,
     report,
     run_python,
@@ -189,3 +197,60 @@ def test_bad_inputs_are_refused_before_any_host_changes(workers, clients):
     report("sqs-bad-input", cases=len(BAD_INPUTS), refused=len(BAD_INPUTS) - len(problems), hosts_unchanged=after == before, took_s=took)
     assert not problems, "\n".join(problems)
     assert after == before, f"a host changed: {before} -> {after}"
+
+
+# The fleet's queues and result tables in AWS (the scenario's name prefix), read with the app's own settings.
+AWS_LEFT = """
+import json, boto3
+from celery_fleet import app
+with app.connection_for_write() as connection:
+    urls = connection.default_channel.sqs().list_queues(QueueNamePrefix="lab-").get("QueueUrls", [])
+backend = app.backend
+tables = boto3.client("dynamodb", region_name=backend.aws_region, endpoint_url=backend.endpoint_url).list_tables()["TableNames"]
+print(json.dumps({"queues": sorted(url.rsplit("/", 1)[1] for url in urls), "tables": tables}))
+"""
+
+
+@pytest.fixture(scope="module")
+def replaced(workers, clients):
+    """The demo app replaced by the tutorial's while 3 tasks wait for it (its `long` group stopped):
+    the run that names only the tutorial, the one that removes the demo app dropping them, a rerun."""
+    for worker in workers:
+        assert stop_process(worker, "worker-long").rc == 0
+    send_tracked(clients[0], 3, queue="long")
+    assert wait_until(lambda: queue_attributes(workers[0])[f"lab-{APP}-long"]["ApproximateNumberOfMessages"] == "3", 20, 1)
+    refused = ansible_playbook("site.yml", "-e", json.dumps(TUTORIAL))
+    removal = ["-e", json.dumps(TUTORIAL), "-e", f"celery_app_remove={APP}", "-e", "celery_app_remove_drop_queued=true"]
+    done = ansible_playbook("site.yml", *removal)
+    left = json.loads(run_python(clients[0], AWS_LEFT, app=TUTORIAL_APP)) if done.returncode == 0 else {}
+    rerun = ansible_playbook("site.yml", *removal)
+    return {"hosts": list({h.backend.host: h for h in workers + clients}.values()), "refused": refused, "done": done, "aws": left,
+            "rerun": rerun}
+
+
+@pytest.mark.replaces_app
+def test_replacing_the_app_on_sqs_is_refused_naming_the_tasks_waiting_for_it_before_any_host_changes(replaced, workers):
+    assert_refused_before_any_change(replaced["refused"], f"{APP} runs on {workers[0].backend.host} (", f"but the inventory names no app {APP};",
+                                     "3 tasks wait in its queues (queue ", "queue long: 3 waiting", f"-e celery_app_remove={APP} with a single app")
+
+
+@pytest.mark.replaces_app
+def test_an_app_removed_on_sqs_leaves_no_queue_or_result_table_in_aws_and_nothing_on_any_host(replaced):
+    output = " ".join(plain(replaced["done"].stdout).split())
+    assert replaced["done"].returncode == 0, output[-3000:]
+    assert f"{APP}: 3 waiting tasks are dropped with it (drop_queued)" in output, output[-3000:]
+    report("sqs-removal", **replaced["aws"])
+    assert [q for q in replaced["aws"]["queues"] if q.startswith(f"lab-{APP}-")] == [], replaced["aws"]
+    assert f"lab-{APP}-results" not in replaced["aws"]["tables"], replaced["aws"]
+    assert {f"lab-{TUTORIAL_APP}-celery", f"lab-{TUTORIAL_APP}-long"} <= set(replaced["aws"]["queues"]), replaced["aws"]
+    for h in replaced["hosts"]:
+        assert left_of(h, APP) == [], h.backend.host
+
+
+@pytest.mark.replaces_app
+def test_the_tutorials_add_returns_8_on_sqs_and_a_rerun_changes_nothing(replaced, clients):
+    assert run_python(clients[0], TUTORIAL_ADD, timeout=90, app=TUTORIAL_APP).strip() == "8"
+    rerun = replaced["rerun"]
+    assert rerun.returncode == 0, plain(rerun.stdout)[-3000:]
+    changed = recap(rerun.stdout)
+    assert set(changed) >= {h.backend.host for h in replaced["hosts"]} and not any(changed.values()), changed

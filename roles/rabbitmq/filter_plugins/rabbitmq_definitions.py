@@ -86,6 +86,25 @@ def rabbitmq_users_to_apply(users, definitions):
     return changes
 
 
+def rabbitmq_users_owned(users, tag):
+    """The users as the role writes them: `tag` (rabbitmq_owner_tag) added to each present user's
+    tags, the mark by which a later run knows the users the role made."""
+    if not tag:
+        return users
+    return [dict(user, tags=",".join(sorted(_tags(user.get("tags", "")) | {tag}))) if _present(user) else user for user in users]
+
+
+def rabbitmq_users_left_over(definitions, users, tag):
+    """The users the broker holds with the role's mark (`tag`) that `users` no longer lists, present
+    or absent, each with the vhosts it has permissions on: [{name, vhosts}]."""
+    listed = {user["name"] for user in users}
+    vhosts = {}
+    for entry in definitions.get("permissions", []):
+        vhosts.setdefault(entry["user"], []).append(entry["vhost"])
+    return [{"name": user["name"], "vhosts": sorted(vhosts.get(user["name"], []))} for user in definitions.get("users", [])
+            if tag and tag in _tags(user.get("tags")) and user["name"] not in listed]
+
+
 def rabbitmq_holds_user(definitions, name):
     return any(user["name"] == name for user in definitions.get("users", []))
 
@@ -114,5 +133,7 @@ class FilterModule:
             "rabbitmq_vhosts_to_apply": rabbitmq_vhosts_to_apply,
             "rabbitmq_users_to_apply": rabbitmq_users_to_apply,
             "rabbitmq_holds_user": rabbitmq_holds_user,
+            "rabbitmq_users_owned": rabbitmq_users_owned,
+            "rabbitmq_users_left_over": rabbitmq_users_left_over,
             "rabbitmq_policies_to_apply": rabbitmq_policies_to_apply,
         }
