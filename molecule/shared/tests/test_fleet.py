@@ -178,9 +178,10 @@ def test_rabbitmq_refuses_guest_and_wrong_passwords(brokers, workers, settings):
         # does not exist, and the broker's own check of its password fails.
         refused = broker.run("rabbitmqctl authenticate_user guest guest")
         assert refused.rc != 0, refused.stdout
-        # The app's user, and with Flower the management API's, which may only look (its tag).
-        users = {u["user"]: u["tags"] for u in json.loads(broker.check_output("rabbitmqctl list_users --silent --formatter json"))}
-        expected = {url.username: []} | ({"flower-monitor": ["monitoring"]} if group("flower") else {})
+        # The app's user, and with Flower the management API's, which may only look (monitoring);
+        # each with the fleet's mark (celery-fleet), a tag that grants nothing.
+        users = {u["user"]: sorted(u["tags"]) for u in json.loads(broker.check_output("rabbitmqctl list_users --silent --formatter json"))}
+        expected = {url.username: ["celery-fleet"]} | ({"flower-monitor": ["celery-fleet", "monitoring"]} if group("flower") else {})
         assert users == expected, users
         timeout = broker.check_output("rabbitmqctl eval 'application:get_env(rabbit, consumer_timeout).'")
         assert timeout.strip() == f"{{ok,{ACK_TIMEOUT * 1000}}}", timeout
